@@ -44,6 +44,7 @@ class Settings:
     append_max_batch: int = c.DEFAULT_APPEND_MAX_BATCH
     append_timeout_s: float = c.DEFAULT_APPEND_TIMEOUT_S
     backlog_high_water: int = c.DEFAULT_BACKLOG_HIGH_WATER
+    retry_after_max_s: int = c.DEFAULT_RETRY_AFTER_MAX_S
     writer_batch: int = c.DEFAULT_WRITER_BATCH
     writer_block_ms: int = c.DEFAULT_WRITER_BLOCK_MS
     claim_idle_ms: int = c.DEFAULT_CLAIM_IDLE_MS

@@ -1,0 +1,321 @@
+"""Process commands: ``run`` (the whole stack), ``serve``, ``writer``, ``migrate``,
+``sites import``.
+
+``serve --workers N`` starts N processes that share one port with SO_REUSEPORT; the
+kernel spreads connections among them. ``writer --processes N`` starts N consumers in the
+same group. ``run`` finds or starts Redis and PostgreSQL, migrates, seeds, starts both,
+and on Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gateway import logs
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    changes: dict[str, Any] = {}
+    for name in ("host", "port", "workers", "writers"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    return settings.with_changes(**changes) if changes else settings
+
+
+def _use_uvloop() -> None:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+# -- serve --------------------------------------------------------------------------
+def serve_one(settings: Settings) -> None:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    logs.setup(settings.log_level)
+    _use_uvloop()
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=True,
+        shutdown_timeout=settings.shutdown_grace_s,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )
+
+
+def _serve_worker(settings: Settings) -> None:
+    try:
+        serve_one(settings)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings.workers <= 1:
+        log_ready(settings)
+        serve_one(settings)
+        return 0
+    return _supervise([(_serve_worker, settings)] * settings.workers, "gateway", settings)
+
+
+def log_ready(settings: Settings) -> None:
+    print(f"gateway listening on http://{settings.host}:{settings.port}", flush=True)
+
+
+# -- writer -------------------------------------------------------------------------
+def writer_one(settings: Settings) -> None:
+    from gateway.writer import run_writer
+
+    logs.setup(settings.log_level)
+    _use_uvloop()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_writer(settings, stop)
+
+    asyncio.run(main())
+
+
+def cmd_writer(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    processes = args.processes or settings.writers
+    if processes <= 1:
+        writer_one(settings)
+        return 0
+    return _supervise([(writer_one, settings)] * processes, "writer", settings)
+
+
+def _supervise(targets: list[tuple[Any, Settings]], label: str, settings: Settings) -> int:
+    """Run each target in its own process; stop all when one dies or on a signal."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=fn, args=(cfg,), name=f"{label}-{i}") for i, (fn, cfg) in enumerate(targets)]
+    for proc in procs:
+        proc.start()
+    if label == "gateway":
+        log_ready(settings)
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = 0
+    while not stopping:
+        if any(not p.is_alive() for p in procs):
+            code = 1
+            break
+        time.sleep(0.2)
+    for proc in procs:
+        if proc.is_alive() and proc.pid is not None:
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + settings.shutdown_grace_s + 5
+    for proc in procs:
+        proc.join(max(deadline - time.monotonic(), 0.1))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    return code
+
+
+# -- migrate / seed -----------------------------------------------------------------
+async def prepare(settings: Settings, *, dev_sites: bool, priority_groups: str | None = None) -> dict[str, int]:
+    """Migrate, load the priority groups, and load the development sites into an empty
+    sites table (never over an operator's own list)."""
+    from gateway.store import Store
+
+    store = await Store.open(settings)
+    try:
+        text = (
+            Path(priority_groups).read_text(encoding="utf-8")
+            if priority_groups
+            else resources.files("gateway.data").joinpath("priority_groups.csv").read_text(encoding="utf-8")
+        )
+        groups = await store.import_priority_groups(text)
+        sites = 0
+        if dev_sites and await store.count_sites() == 0:
+            sites = await store.import_sites(
+                resources.files("gateway.data").joinpath("sites_dev.csv").read_text(encoding="utf-8")
+            )
+        return {"priority_groups": groups, "sites_loaded": sites}
+    finally:
+        await store.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    logs.setup(settings.log_level)
+    result = asyncio.run(prepare(settings, dev_sites=args.dev_sites, priority_groups=args.priority_groups))
+    print(f"migrated; {result['priority_groups']} priority groups, {result['sites_loaded']} sites loaded")
+    return 0
+
+
+def cmd_sites_import(args: argparse.Namespace) -> int:
+    from gateway.store import Store
+
+    settings = Settings.from_env()
+
+    async def go() -> int:
+        store = await Store.open(settings)
+        try:
+            return await store.import_sites(Path(args.file).read_text(encoding="utf-8"))
+        finally:
+            await store.close()
+
+    count = asyncio.run(go())
+    print(f"{count} sites imported (gateways pick them up within {settings.reference_refresh_s:.0f}s)")
+    return 0
+
+
+# -- run: the whole stack ------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway import devstack
+
+    logs.setup(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    services: list[Any] = []
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        redis = devstack.ensure_redis(data_dir)
+        services.append(redis)
+        postgres = devstack.ensure_postgres(data_dir)
+        services.append(postgres)
+        env = dict(os.environ, REDIS_URL=redis.url, DATABASE_URL=postgres.url)
+        settings = Settings.from_env(env)
+        if args.port is not None:
+            settings = settings.with_changes(port=args.port)
+            env["GATEWAY_PORT"] = str(args.port)
+        seeded = asyncio.run(prepare(settings, dev_sites=not settings.production))
+        workers = str(args.workers or settings.workers)
+        writers = str(args.writers or settings.writers)
+        cmd = [sys.executable, "-m", "gateway"]
+        children.append(subprocess.Popen([*cmd, "serve", "--workers", workers], env=env))
+        children.append(subprocess.Popen([*cmd, "writer", "--processes", writers], env=env))
+        if not _wait_http(settings.host, settings.port, children):
+            print("the gateway did not come up; see the log above", file=sys.stderr)
+            return 1
+        print(
+            f"\nIntake gateway ready: http://{settings.host}:{settings.port}/v1/registrations\n"
+            f"  redis {redis.url} ({redis.source}), postgres {_mask(postgres.url)} ({postgres.source})\n"
+            f"  {workers} gateway process(es), {writers} writer process(es); "
+            f"{seeded['sites_loaded']} development sites loaded\n"
+            f"  try: gateway demo --count 5000 --url http://{settings.host}:{settings.port}\n"
+            "Ctrl-C stops everything this command started.\n",
+            flush=True,
+        )
+        return _wait_children(children)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop_children(children, grace_s=15)
+        for service in reversed(services):
+            service.stop()
+
+
+def _mask(url: str) -> str:
+    from gateway.settings import _mask_url
+
+    return _mask_url(url)
+
+
+def _wait_http(host: str, port: int, children: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> bool:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _wait_children(children: list[subprocess.Popen[bytes]]) -> int:
+    stop = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop:
+        for child in children:
+            if child.poll() is not None:
+                print(f"a child process exited with {child.returncode}; stopping", file=sys.stderr)
+                return 1
+        time.sleep(0.3)
+    return 0
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        try:
+            child.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("run", help="find or start Redis and PostgreSQL, then run gateway + writer")
+    p.add_argument("--data-dir", default=".data", help="where private servers keep their data")
+    p.add_argument("--workers", type=int, help="gateway processes (GATEWAY_WORKERS)")
+    p.add_argument("--writers", type=int, help="writer processes (GATEWAY_WRITERS)")
+    p.add_argument("--port", type=int, help="HTTP port (GATEWAY_PORT)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="run the HTTP gateway")
+    p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("writer", help="drain the intake streams into PostgreSQL")
+    p.add_argument("--processes", type=int, default=0, help="writer processes (GATEWAY_WRITERS)")
+    p.set_defaults(func=cmd_writer)
+
+    p = sub.add_parser("migrate", help="apply schema migrations and load reference data")
+    p.add_argument("--dev-sites", action="store_true", help="load the development sites into an empty table")
+    p.add_argument("--priority-groups", help="CSV of priority groups (default: the packaged list)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("sites", help="vaccination sites")
+    sites = p.add_subparsers(dest="sites_command", required=True)
+    q = sites.add_parser("import", help="import or update sites from a CSV file")
+    q.add_argument("file", help="CSV: site_id,name,province_code,ward_code,address,daily_capacity[,active]")
+    q.set_defaults(func=cmd_sites_import)
