@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from gateway import metrics
+from gateway import constants as c
 from gateway.connections import is_unavailable, unavailable
+from gateway.scripts import load_script
 from gateway.exceptions import DependencyUnavailable
 from gateway.identity import Hasher, new_token, shard_of
 from gateway.settings import Settings
@@ -28,10 +29,6 @@ from gateway.validation import Registration
 log = logging.getLogger(__name__)
 
 APPENDED, REPLAYED, CONFLICT = 0, 1, 2
-
-
-def load_script(name: str) -> str:
-    return resources.files("gateway.lua").joinpath(name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +78,7 @@ class Appender:
         )
         loop = asyncio.get_running_loop()
         pending = _Pending(
-            self._settings.key_prefix + f"dedupe:{{{shard}}}:{identity_key}",
+            self._settings.key(c.DEDUPE_KEY, shard=shard, identity_key=identity_key),
             args,
             loop.create_future(),
         )

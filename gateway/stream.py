@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.commands.core import AsyncScript
 
 from gateway import constants as c
 from gateway import metrics
 from gateway.connections import is_unavailable, unavailable
+from gateway.scripts import load_script
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class Streams:
         self.consumer = consumer
         self._shard_of = {settings.stream_key(s): s for s in range(settings.shards)}
         self._claim_cursor = {key: "0-0" for key in self._shard_of}
+        self._release: AsyncScript | None = None
 
     async def ensure_groups(self) -> None:
         for key in self._shard_of:
@@ -146,6 +149,17 @@ class Streams:
                 pipe.xack(key, c.CONSUMER_GROUP, *ids)
                 pipe.xdel(key, *ids)
             await pipe.execute()
+
+    async def release_identities(self, held: Sequence[tuple[int, str, str]]) -> None:
+        """Delete the dedupe keys of dead-lettered registrations (shard, identity key,
+        registration id), each only if it still names that registration."""
+        if not held:
+            return
+        if self._release is None:
+            self._release = self.redis.register_script(load_script("release.lua"))
+        for shard, identity_key, rid in held:
+            key = self.settings.key(c.DEDUPE_KEY, shard=shard, identity_key=identity_key)
+            await self._release(keys=[key], args=[rid])
 
     async def heartbeat(self, committed: int) -> None:
         now = time.time()

@@ -91,6 +91,19 @@ def _payload_text(entry: Entry) -> str | None:
     return raw.decode("utf-8", errors="replace")
 
 
+def _held(letter: DeadLetter) -> tuple[int, str, str] | None:
+    """(shard, identity key, registration id) of a dead letter, when recoverable."""
+    if letter.registration_id is None or letter.payload is None:
+        return None
+    try:
+        identity_key = orjson.loads(letter.payload).get("identity_key")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(identity_key, str):
+        return None
+    return int(letter.registration_id.split("-", 1)[0]), identity_key, letter.registration_id
+
+
 def _rid_of(entry: Entry) -> str | None:
     token = (entry.fields or {}).get(c.FIELD_TOKEN.encode())
     if not token:
@@ -177,6 +190,12 @@ class Writer:
         await self._write_split(good, letters)
         if letters:
             await self.store.dead_letter(letters)
+            # Free the person to register again: their dedupe key would otherwise answer
+            # "already registered" for a record that never reached the table. A
+            # duplicate_identity letter keeps it: that person *is* registered.
+            await self.streams.release_identities(
+                [h for d in letters if d.reason != "duplicate_identity" and (h := _held(d))]
+            )
             for letter in letters:
                 self.stats.dead_lettered += 1
                 self.stats.reasons[letter.reason] = self.stats.reasons.get(letter.reason, 0) + 1
