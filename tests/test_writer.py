@@ -155,19 +155,15 @@ async def step_until(writer: Writer, predicate: Any, timeout: float = 15) -> Non
 
 async def test_one_poison_record_is_dead_lettered_alone(settings: Settings, pg: asyncpg.Connection, redis: Any) -> None:
     ids = await append_people(settings, 30)
-    # A site withdrawn after the registration was accepted: the row now breaks a
-    # foreign key, a data error that only PostgreSQL can see.
-    poison = await pg.fetchrow("SELECT site_id FROM sites LIMIT 1")
     entries = await redis.xrange(settings.stream_key(0))
-    victim_id, fields = entries[13]
-    payload = orjson.loads(fields[b"p"])
-    payload["site_id"] = "VN-00-00000-GONE"
-    # Rewrite one entry in place: delete it and add the altered copy at the end.
-    await redis.xdel(settings.stream_key(0), victim_id)
-    await redis.xadd(settings.stream_key(0), {b"p": orjson.dumps(payload), b"t": fields[b"t"], b"a": fields[b"a"]})
+    victim = orjson.loads(entries[13][1][b"p"])
+    # A rule the database enforces and the gateway does not know: exactly one row of
+    # the batch now breaks it, a data error only PostgreSQL can see.
+    await pg.execute(
+        f"ALTER TABLE registrations ADD CONSTRAINT poison CHECK (identity_key <> '{victim['identity_key']}')"
+    )
     # And one entry that is not even a registration.
     await redis.xadd(settings.stream_key(0), {b"p": b"\xff not json", b"t": b"zzzzzzzzzz", b"a": b"x"})
-    assert poison is not None
     writer, r, store = await make_writer(settings)
     try:
         await drain(writer, pg, 29)
