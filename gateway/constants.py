@@ -13,6 +13,9 @@ REFERENCE_SNAPSHOT_KEY = "reference:snapshot"
 WRITER_HEARTBEAT_KEY = "writers:alive"
 DRAIN_STATS_KEY = "writers:drained"
 RATE_KEY = "rate:{scope}:{subject}"
+# One sample of the queue a second, kept for the live operations page and `gateway
+# status`. Not an intake stream: trimming it by MAXLEN loses nothing that matters.
+OPS_HISTORY_KEY = "ops:history"
 
 CONSUMER_GROUP = "writers"
 
@@ -47,6 +50,16 @@ DEFAULT_PG_ACQUIRE_TIMEOUT_S = 10.0
 WRITER_BACKOFF_INITIAL_S = 0.2
 WRITER_BACKOFF_MAX_S = 10.0
 WRITER_HEARTBEAT_TTL_S = 15
+
+# --- Operations: metrics, status, live page ------------------------------------------
+DEFAULT_WRITER_METRICS_PORT = 9101
+DEFAULT_ALERT_OLDEST_AGE_S = 120.0
+ALERT_BACKLOG_SHARE = 0.8  # of backlog_high_water, when alert_backlog is 0
+OPS_HISTORY_LEN = 900  # one-second samples: fifteen minutes
+OPS_SAMPLE_INTERVAL_S = 1.0
+DEAD_LETTER_COUNT_CACHE_S = 10.0
+OPS_SESSION_COOKIE = "gw_ops"
+OPS_SESSION_TTL_S = 12 * 3600
 
 REFERENCE_REFRESH_S = 60.0
 SHUTDOWN_GRACE_S = 10.0

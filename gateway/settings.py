@@ -37,7 +37,9 @@ class Settings:
     key_prefix: str = ""
     shards: int = c.DEFAULT_SHARDS
     identity_secret: str = field(default=_DEV_SECRET, repr=False)
-    operator_token: str = field(default="", repr=False)
+    # Comma-separated hex SHA-256 digests of the accepted operator tokens (``gateway
+    # token`` makes one); the tokens themselves are never stored.
+    operator_token_sha256: str = field(default="", repr=False)
     dedupe_ttl_s: int = c.DEFAULT_DEDUPE_TTL_S
     max_body_bytes: int = c.DEFAULT_MAX_BODY_BYTES
     min_age_years: int = c.DEFAULT_MIN_AGE_YEARS
@@ -58,12 +60,15 @@ class Settings:
     rate_limit_per_ip: int = 0  # requests per minute; 0 = off
     rate_limit_per_phone: int = 0  # submissions per hour; 0 = off
     log_level: str = "INFO"
+    writer_metrics_port: int = c.DEFAULT_WRITER_METRICS_PORT  # 0: the writer serves no /metrics
+    alert_backlog: int = 0  # `gateway status` marks; 0: 80% of backlog_high_water
+    alert_oldest_age_s: float = c.DEFAULT_ALERT_OLDEST_AGE_S
 
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("identity_secret", "operator_token"):
+            if f.name in ("identity_secret", "operator_token_sha256"):
                 value = "***" if value else ""
             elif f.name in ("redis_url", "database_url"):
                 value = _mask_url(value)
@@ -116,6 +121,12 @@ class Settings:
                 "GATEWAY_IDENTITY_SECRET must be set in production: it keys the hashes "
                 "that stand for identity numbers and phones"
             )
+        for digest in filter(None, (d.strip() for d in self.operator_token_sha256.split(","))):
+            if len(digest) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in digest):
+                raise ConfigurationError(
+                    "GATEWAY_OPERATOR_TOKEN_SHA256 must be comma-separated hex SHA-256 "
+                    "digests (`gateway token` prints one)"
+                )
         if self.append_max_batch < 1 or self.writer_batch < 1:
             raise ConfigurationError("batch sizes must be at least 1")
 
