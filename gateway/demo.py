@@ -81,9 +81,11 @@ async def wait_drained(url: str, timeout_s: float) -> int:
 
 
 async def demo(args: argparse.Namespace) -> int:
+    from gateway.runner import apply_stack_env
     from gateway.store import Store
 
-    url = args.url.rstrip("/")
+    stack = apply_stack_env(args.data_dir)
+    url = (args.url or stack.get("GATEWAY_URL") or "http://127.0.0.1:8080").rstrip("/")
     started = time.perf_counter()
     tally, accepted, unexpected = await send_all(url, args.count, args.seed, args.concurrency)
     elapsed = time.perf_counter() - started
@@ -117,7 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("demo", help="send realistic registrations and check they were stored")
     p.add_argument("--count", type=int, default=1000)
-    p.add_argument("--url", default="http://127.0.0.1:8080")
+    p.add_argument("--url", help="gateway address (default: the one `gateway run` started, else :8080)")
+    p.add_argument("--data-dir", default=".data", help="where `gateway run` keeps its data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--drain-timeout", type=float, default=120.0)

@@ -213,6 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             settings = settings.with_changes(port=args.port)
             env["GATEWAY_PORT"] = str(args.port)
         seeded = asyncio.run(prepare(settings, dev_sites=not settings.production))
+        write_stack_env(data_dir, redis.url, postgres.url, f"http://{settings.host}:{settings.port}")
         workers = str(args.workers or settings.workers)
         writers = str(args.writers or settings.writers)
         cmd = [sys.executable, "-m", "gateway"]
@@ -237,6 +238,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         _stop_children(children, grace_s=15)
         for service in reversed(services):
             service.stop()
+        (data_dir / STACK_ENV).unlink(missing_ok=True)
+
+
+STACK_ENV = "stack.env"
+
+
+def write_stack_env(data_dir: Path, redis_url: str, database_url: str, gateway_url: str) -> None:
+    """Where the running stack is, for ``gateway demo`` / ``status`` in another terminal."""
+    path = data_dir / STACK_ENV
+    path.write_text(
+        f"REDIS_URL={redis_url}\nDATABASE_URL={database_url}\nGATEWAY_URL={gateway_url}\n",
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+
+
+def read_stack_env(data_dir: Path | str = ".data") -> dict[str, str]:
+    """The running stack's addresses written by ``gateway run`` (empty when none)."""
+    path = Path(data_dir) / STACK_ENV
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text(encoding="utf-8").splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def apply_stack_env(data_dir: Path | str = ".data") -> dict[str, str]:
+    """Fill REDIS_URL / DATABASE_URL from a running ``gateway run`` when they are unset."""
+    found = read_stack_env(data_dir)
+    for key in ("REDIS_URL", "DATABASE_URL"):
+        if found.get(key) and not os.environ.get(key):
+            os.environ[key] = found[key]
+    return found
 
 
 def _mask(url: str) -> str:
