@@ -11,6 +11,9 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "gateway.runner",  # run, serve, writer, migrate, sites
     "gateway.demo",  # demo
+    "gateway.status",  # status
+    "gateway.dlq",  # dlq list|show|replay|drop
+    "gateway.auth",  # token
 )
 
 

@@ -14,9 +14,11 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -112,6 +114,7 @@ def cmd_writer(args: argparse.Namespace) -> int:
 
 def _supervise(targets: list[tuple[Any, Settings]], label: str, settings: Settings) -> int:
     """Run each target in its own process; stop all when one dies or on a signal."""
+    metrics_dir, made_dir = _metrics_dir(label)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=fn, args=(cfg,), name=f"{label}-{i}") for i, (fn, cfg) in enumerate(targets)]
     for proc in procs:
@@ -141,7 +144,31 @@ def _supervise(targets: list[tuple[Any, Settings]], label: str, settings: Settin
         if proc.is_alive():
             proc.kill()
             proc.join()
+    _release_metrics_dir(metrics_dir, made_dir, [p.pid for p in procs if p.pid is not None])
     return code
+
+
+def _metrics_dir(label: str) -> tuple[Path, bool]:
+    """Where processes behind one port keep their metrics so that any of them can answer
+    /metrics for all (prometheus_client multiprocess mode): PROMETHEUS_MULTIPROC_DIR, or
+    a new temporary directory. Emptied first: files of an earlier run would be counted."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix=f"gateway-{label}-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)  # inherited by the spawned children
+    return path, not given
+
+
+def _release_metrics_dir(path: Path, made: bool, pids: list[int]) -> None:
+    if made:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    from prometheus_client.multiprocess import mark_process_dead
+
+    for pid in pids:
+        mark_process_dead(pid, str(path))
 
 
 # -- migrate / seed -----------------------------------------------------------------
@@ -217,8 +244,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers = str(args.workers or settings.workers)
         writers = str(args.writers or settings.writers)
         cmd = [sys.executable, "-m", "gateway"]
-        children.append(subprocess.Popen([*cmd, "serve", "--workers", workers], env=env))
-        children.append(subprocess.Popen([*cmd, "writer", "--processes", writers], env=env))
+        metrics_root = data_dir / "metrics"  # one fresh directory per process group
+        shutil.rmtree(metrics_root, ignore_errors=True)
+        for group in ("gateway", "writer"):
+            (metrics_root / group).mkdir(parents=True)
+        children.append(subprocess.Popen(
+            [*cmd, "serve", "--workers", workers],
+            env=dict(env, PROMETHEUS_MULTIPROC_DIR=str(metrics_root / "gateway")),
+        ))
+        children.append(subprocess.Popen(
+            [*cmd, "writer", "--processes", writers],
+            env=dict(env, PROMETHEUS_MULTIPROC_DIR=str(metrics_root / "writer")),
+        ))
         if not _wait_http(settings.host, settings.port, children):
             print("the gateway did not come up; see the log above", file=sys.stderr)
             return 1
@@ -238,6 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _stop_children(children, grace_s=15)
         for service in reversed(services):
             service.stop()
+        shutil.rmtree(data_dir / "metrics", ignore_errors=True)
         (data_dir / STACK_ENV).unlink(missing_ok=True)
 
 

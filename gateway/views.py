@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics
 from gateway.append import APPENDED, REPLAYED
@@ -128,13 +127,11 @@ async def readyz(request: web.Request) -> web.Response:
                                                  "backlog": state.depth})
 
 
-async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/registrations", register)
     app.router.add_get("/v1/registrations/{registration_id}", registration_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    from gateway import opspage  # /metrics (with the queue's state) and the live ops page
+
+    opspage.add_routes(app)

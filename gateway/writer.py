@@ -276,6 +276,7 @@ async def run_writer(settings: Settings, stop: asyncio.Event | None = None) -> W
     redis = await connect(settings, timeout_s=settings.writer_block_ms / 1000 + 5)
     store = await Store.open(settings)
     writer = Writer(settings, Streams(redis, settings, consumer_name()), store)
+    endpoint = await metrics.start_writer_endpoint(settings, redis, store)
     if stop is not None:
         async def relay() -> None:
             await stop.wait()
@@ -286,6 +287,8 @@ async def run_writer(settings: Settings, stop: asyncio.Event | None = None) -> W
     finally:
         if stop is not None:
             relay_task.cancel()
+        if endpoint is not None:
+            await endpoint.cleanup()
         await store.close()
         await redis.aclose()
     return writer.stats

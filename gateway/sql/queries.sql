@@ -57,3 +57,30 @@ SELECT registration_id FROM registrations WHERE registration_id = ANY($1::text[]
 
 -- name: find_dead_letters
 SELECT registration_id, reason FROM dead_letters WHERE registration_id = ANY($1::text[]);
+
+-- name: dead_letter_counts
+SELECT state, reason, count(*) AS n FROM dead_letters GROUP BY state, reason;
+
+-- name: list_dead_letters
+SELECT id, stream, entry_id, registration_id, reason, detail, deliveries, state, created_at,
+    resolved_at, replayed_as
+FROM dead_letters
+WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR reason = $2)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: get_dead_letter
+SELECT id, stream, entry_id, registration_id, reason, detail, payload, deliveries, state,
+    created_at, resolved_at, replayed_as, note
+FROM dead_letters WHERE id = $1;
+
+-- name: held_dead_letter_ids
+SELECT id FROM dead_letters
+WHERE state = 'held' AND ($1::text IS NULL OR reason = $1)
+ORDER BY id;
+
+-- name: resolve_dead_letter
+UPDATE dead_letters
+SET state = $2, resolved_at = now(), replayed_as = $3, note = $4
+WHERE id = $1 AND state = 'held'
+RETURNING id;
