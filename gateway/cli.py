@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "gateway.status",  # status
     "gateway.dlq",  # dlq list|show|replay|drop
     "gateway.auth",  # token
+    "gateway.chaos",  # chaos
 )
 
 
