@@ -167,8 +167,12 @@ class Writer:
         dead: list[DeadLetter] = []
         for entry in entries:
             if entry.fields is None:  # deleted while pending: nothing to write
+                # Keep a record (stream + entry id) for the operator: if a 202 stood
+                # behind it, this is where its trace ends.
                 metrics.WRITER_DELETED_PENDING.inc()
                 log.warning("pending entry was deleted from the stream", extra={"entry": entry.entry_id})
+                dead.append(self._letter(entry, "deleted_while_pending",
+                                         "entry deleted from the stream before it was written"))
                 continue
             if entry.deliveries > self.settings.max_deliveries:
                 dead.append(self._letter(entry, "max_deliveries", f"delivered {entry.deliveries} times"))
