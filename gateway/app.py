@@ -20,6 +20,7 @@ from gateway.backlog import BacklogMonitor
 from gateway.connections import check_safety, connect
 from gateway.exceptions import DependencyUnavailable, Overloaded
 from gateway.identity import Hasher
+from gateway.ratelimit import RateLimited, RateLimiter
 from gateway.reference import ReferenceCache
 from gateway.settings import Settings
 from gateway.store import Store, connect_pool
@@ -41,6 +42,7 @@ class Runtime:
     appender: Appender | None = None
     backlog: BacklogMonitor | None = None
     reference: ReferenceCache | None = None
+    limiter: RateLimiter | None = None
     draining: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -79,6 +81,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = await handler(request)
     except ValidationFailed as exc:
         response = json_response(400, exc.render(preferred_language(request.headers.get("Accept-Language"))))
+    except RateLimited as exc:
+        metrics.SHED.labels(f"rate_{exc.scope}").inc()
+        response = error_response(
+            429, "rate_limited", "Too many requests; please retry after the given time.",
+            retry_after=exc.retry_after_s,
+        )
     except Overloaded as exc:
         metrics.SHED.labels("backlog").inc()
         response = error_response(
@@ -113,6 +121,7 @@ def _http_code(status: int) -> str:
     return {
         400: "bad_request", 404: "not_found", 405: "method_not_allowed",
         408: "request_timeout", 413: "body_too_large", 415: "unsupported_media_type",
+        429: "rate_limited",
     }.get(status, "http_error")
 
 
@@ -124,6 +133,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if rt.settings.durability == "strict" and safety.supports_waitaof:
         rt.appender.use_waitaof(True)
     rt.backlog = BacklogMonitor(rt.redis, rt.settings)
+    rt.limiter = RateLimiter(rt.redis, rt.settings, rt.hasher)
     await rt.backlog.sample()
     rt.tasks.append(asyncio.create_task(rt.backlog.run()))
     yield

@@ -29,6 +29,14 @@ DEFAULT_HTTP_PORT = 8080
 DEFAULT_SHARDS = 1
 DEFAULT_DEDUPE_TTL_S = 60 * 60 * 24 * 30  # the Postgres unique constraint covers later
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
+# Slow clients: a 16 KiB body needs ~7 s on a 20 kbit/s 2G link; give it room, not forever.
+DEFAULT_HEADER_TIMEOUT_S = 30.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+# Rate-limit windows; Retry-After adds 0..jitter seconds so limited clients do not return
+# in one wave when the window ends.
+RATE_WINDOW_CLIENT_S = 60
+RATE_WINDOW_PHONE_S = 60 * 60
+RATE_RETRY_JITTER_S = 5
 DEFAULT_MIN_AGE_YEARS = 18
 MAX_AGE_YEARS = 120
 PREFERRED_DATE_HORIZON_DAYS = 180

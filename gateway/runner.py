@@ -60,6 +60,10 @@ def serve_one(settings: Settings) -> None:
         port=settings.port,
         reuse_port=True,
         shutdown_timeout=settings.shutdown_grace_s,
+        # aiohttp's keep-alive timer also runs from the moment a connection opens and
+        # closes it if no complete request head has arrived: it is the header timeout
+        # against clients that send their headers a byte at a time.
+        keepalive_timeout=settings.header_timeout_s,
         access_log=None,
         print=None,
         handle_signals=True,

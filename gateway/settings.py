@@ -59,6 +59,12 @@ class Settings:
     shutdown_grace_s: float = c.SHUTDOWN_GRACE_S
     rate_limit_per_ip: int = 0  # requests per minute; 0 = off
     rate_limit_per_phone: int = 0  # submissions per hour; 0 = off
+    # Comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
+    # A connection must send its request head within this long of connecting (or of its
+    # previous response); also the idle keep-alive time.
+    header_timeout_s: float = c.DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = c.DEFAULT_BODY_TIMEOUT_S  # whole body, from the handler's start
     log_level: str = "INFO"
     writer_metrics_port: int = c.DEFAULT_WRITER_METRICS_PORT  # 0: the writer serves no /metrics
     alert_backlog: int = 0  # `gateway status` marks; 0: 80% of backlog_high_water

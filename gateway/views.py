@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 
 import orjson
 from aiohttp import web
 
-from gateway import metrics
+from gateway import metrics, openapi
 from gateway.append import APPENDED, REPLAYED
 from gateway.app import RUNTIME, Runtime, error_response, json_response
 from gateway.backlog import entry_exists
 from gateway.exceptions import DependencyUnavailable, Overloaded
 from gateway.identity import parse_registration_id
-from gateway.validation import validate
+from gateway.validation import Registration, ValidationFailed, validate
 
 MAX_IDEMPOTENCY_KEY = 128
 
@@ -28,36 +29,31 @@ def _ready_runtime(request: web.Request) -> Runtime:
 async def register(request: web.Request) -> web.Response:
     rt = _ready_runtime(request)
     assert rt.appender is not None and rt.backlog is not None and rt.reference is not None
-    if request.content_type != "application/json":
-        return error_response(
-            415, "unsupported_media_type", "Send the registration as application/json."
-        )
     if rt.backlog.over_high_water():
         raise Overloaded(rt.backlog.retry_after())
     if not rt.reference.loaded:
         raise DependencyUnavailable("postgres", "reference data not loaded")
-    idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key is not None and not _valid_idempotency_key(idempotency_key):
-        return error_response(
-            400, "invalid_fields", "Idempotency-Key must be 1-128 printable ASCII characters.",
-            fields={"Idempotency-Key": {"code": "invalid_idempotency_key",
-                                        "message": "1-128 printable ASCII characters"}},
-        )
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return error_response(
-            400, "malformed_json", "The body is not valid UTF-8 JSON.",
-            fields={"body": {"code": "malformed_json", "message": "not valid UTF-8 JSON"}},
-        )
-    registration = validate(
-        body,
-        channel=request.headers.get("X-Channel"),
-        reference=rt.reference,
-        today=date.today(),
-        min_age_years=rt.settings.min_age_years,
+    limiter = rt.limiter if rt.limiter is not None and rt.limiter.enabled else None
+    client = (
+        limiter.client_of(request.remote, request.headers.get("X-Forwarded-For"))
+        if limiter is not None
+        else None
     )
+    try:
+        parsed = await _read_registration(request, rt)
+    except (ValidationFailed, web.HTTPException):
+        # Refused input counts against the client address too: a flood of bad bodies
+        # is still a flood. Over the limit, the answer becomes 429.
+        if limiter is not None:
+            await limiter.check(client, None)
+        raise
+    if isinstance(parsed, web.Response):
+        if limiter is not None:
+            await limiter.check(client, None)
+        return parsed
+    registration, idempotency_key = parsed
+    if limiter is not None:
+        await limiter.check(client, registration.phone)
     received_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     result = await rt.appender.append(
         registration, idempotency_key=idempotency_key, received_at=received_at
@@ -79,6 +75,62 @@ async def register(request: web.Request) -> web.Response:
         body_409["registration_id"] = result.registration_id
         body_409["received_at"] = result.received_at
     return json_response(409, body_409)
+
+
+async def _read_registration(
+    request: web.Request, rt: Runtime
+) -> tuple[Registration, str | None] | web.Response:
+    """The validated registration and its Idempotency-Key, or the response refusing it.
+    Raises ValidationFailed or an HTTP error (413) for the middleware to render."""
+    if request.content_type != "application/json":
+        return error_response(
+            415, "unsupported_media_type", "Send the registration as application/json."
+        )
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not _valid_idempotency_key(idempotency_key):
+        return error_response(
+            400, "invalid_fields", "Idempotency-Key must be 1-128 printable ASCII characters.",
+            fields={"Idempotency-Key": {"code": "invalid_idempotency_key",
+                                        "message": "1-128 printable ASCII characters"}},
+        )
+    declared = request.content_length
+    if declared is not None and declared > rt.settings.max_body_bytes:
+        # Refuse at once: do not wait for a body we will not read.
+        return error_response(413, "body_too_large", "The request body is too large.")
+    try:
+        # aiohttp bounds the wait for the request head (keep-alive timer) but not for the
+        # body: without this a client sending a byte a second holds its slot for hours.
+        async with asyncio.timeout(rt.settings.body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        response = error_response(
+            408, "request_timeout", "The request body did not arrive in time."
+        )
+        response.force_close()
+        return response
+    except web.RequestPayloadError:
+        # Broken chunked framing or compressed data that does not decompress.
+        response = error_response(
+            400, "malformed_body", "The request body could not be read.",
+            fields={"body": {"code": "malformed_body", "message": "unreadable body encoding"}},
+        )
+        response.force_close()
+        return response
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return error_response(
+            400, "malformed_json", "The body is not valid UTF-8 JSON.",
+            fields={"body": {"code": "malformed_json", "message": "not valid UTF-8 JSON"}},
+        )
+    registration = validate(
+        body,
+        channel=request.headers.get("X-Channel"),
+        reference=rt.reference,
+        today=date.today(),
+        min_age_years=rt.settings.min_age_years,
+    )
+    return registration, idempotency_key
 
 
 def _valid_idempotency_key(value: str) -> bool:
@@ -127,11 +179,16 @@ async def readyz(request: web.Request) -> web.Response:
                                                  "backlog": state.depth})
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=openapi.document_bytes(), content_type="application/json")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/registrations", register)
     app.router.add_get("/v1/registrations/{registration_id}", registration_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi_document)
     from gateway import opspage  # /metrics (with the queue's state) and the live ops page
 
     opspage.add_routes(app)
