@@ -88,6 +88,7 @@ class CountCache:
         self.max_age_s = max_age_s
         self.value: DeadLetterCounts | None = None
         self.ok = False
+        self.error = "not connected" if letters is None else ""
         self._read_at = -1e9
         self._lock = asyncio.Lock()
 
@@ -99,9 +100,11 @@ class CountCache:
                 self._read_at = time.monotonic()
                 try:
                     self.value = await asyncio.wait_for(self.letters.counts(), timeout=3.0)
-                    self.ok = True
-                except (DependencyUnavailable, asyncio.TimeoutError):
-                    self.ok = False
+                    self.ok, self.error = True, ""
+                except DependencyUnavailable as exc:
+                    self.ok, self.error = False, exc.reason
+                except asyncio.TimeoutError:
+                    self.ok, self.error = False, "timed out"
         return self.value
 
 

@@ -166,7 +166,7 @@ async def state_payload(app: web.Application, seconds: float) -> dict[str, Any]:
     dead = await state.dead.get()
     # A process that started while PostgreSQL was down has no pool, and says so.
     postgres_up = state.dead.letters is not None and state.dead.ok
-    report = build_report(state.latest, points[-12:], dead, postgres_up, rt.settings)
+    report = build_report(state.latest, points[-12:], dead, postgres_up, rt.settings, state.dead.error)
     return {
         "healthy": report.healthy,
         "problems": report.problems,

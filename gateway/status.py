@@ -92,7 +92,7 @@ def backlog_mark(settings: Settings) -> int:
 
 def build_report(
     snapshot: QueueSnapshot | None, points: list[Point], dead: DeadLetterCounts | None,
-    postgres_up: bool, settings: Settings,
+    postgres_up: bool, settings: Settings, postgres_error: str = "",
 ) -> Report:
     from gateway.queue_stats import rates
 
@@ -115,7 +115,8 @@ def build_report(
         if snapshot.backlog > backlog_mark(settings):
             report.problems.append(f"backlog {snapshot.backlog:,} above the mark {backlog_mark(settings):,}")
     if not postgres_up:
-        report.problems.append("postgresql unreachable: registrations queue up in Redis")
+        why = f" ({postgres_error})" if postgres_error else ""
+        report.problems.append(f"postgresql unavailable{why}: registrations queue up in Redis")
     if dead is not None and dead.held:
         report.notes.append(f"{dead.held} dead letter(s) held: `gateway dlq list`")
     return report
@@ -145,12 +146,14 @@ class Collector:
             self.points = [p for p in own if p.t < point.t] + [point]
         except DependencyUnavailable:
             pass
-        postgres_up, dead = True, None
+        postgres_up, dead, error = True, None, ""
         try:
             dead = await asyncio.wait_for(letters.counts(), timeout=5)
-        except (DependencyUnavailable, asyncio.TimeoutError):
-            postgres_up = False
-        return build_report(snapshot, self.points, dead, postgres_up, self.settings)
+        except DependencyUnavailable as exc:
+            postgres_up, error = False, exc.reason
+        except asyncio.TimeoutError:
+            postgres_up, error = False, "timed out"
+        return build_report(snapshot, self.points, dead, postgres_up, self.settings, error)
 
 
 def _duration(seconds: float | None) -> str:
@@ -183,8 +186,10 @@ def render(report: Report, settings: Settings) -> str:
         r = report.rates
         intake = f"{r.intake_per_s:,.0f}/s" if r else "n/a"
         drain = f"{r.drain_per_s:,.0f}/s" if r else "n/a"
-        eta = time_to_drain(snap.backlog, r) if r or not snap.backlog else None
-        eta_text = "n/a" if r is None and snap.backlog else _duration(eta)
+        if not snap.backlog:
+            eta_text = "nothing queued"
+        else:
+            eta_text = "n/a" if r is None else _duration(time_to_drain(snap.backlog, r))
         lines.append(f"  intake {intake:>10}   drain {drain:>10}   time to drain {eta_text}")
         lines.append(f"  writers alive {snap.writers_alive}   "
                      f"marks: backlog {backlog_mark(settings):,}, oldest age "
