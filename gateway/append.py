@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from gateway import metrics
 from gateway import constants as c
@@ -123,6 +124,11 @@ class Appender:
             else:
                 log.error("append failed: %s", type(exc).__name__)
                 error = DependencyUnavailable("redis", type(exc).__name__)
+            if isinstance(exc, (TimeoutError, RedisTimeout)):
+                # Redis hangs: whatever queued behind this call would wait one more full
+                # timeout each. Nothing of theirs was sent, so answer them 503 now.
+                batch = batch + self._queues.get(shard, [])
+                self._queues[shard] = []
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(error)
