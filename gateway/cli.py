@@ -8,6 +8,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from gateway.exceptions import ConfigurationError
+
 COMMAND_MODULES = (
     "gateway.runner",  # run, serve, writer, migrate, sites
     "gateway.demo",  # demo
@@ -31,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except ConfigurationError as exc:  # an operator's setting: say why, no traceback
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -98,6 +98,11 @@ class RedisSafety:
     def supports_waitaof(self) -> bool:
         return self.version >= (7, 2)
 
+    @property
+    def confirms_disk_writes(self) -> bool:
+        """Can a write be known to be on disk before the 202 (strict durability)?"""
+        return self.appendonly and (self.supports_waitaof or self.appendfsync == "always")
+
     def problems(self, settings: Settings) -> list[str]:
         found = []
         if not self.appendonly:
@@ -154,4 +159,11 @@ async def check_safety(conn: aioredis.Redis, settings: Settings) -> RedisSafety:
         log.warning("unsafe redis: %s", problem)
     if problems and settings.production:
         raise ConfigurationError("refusing to start in production mode: " + "; ".join(problems))
+    if settings.durability == "strict" and not safety.confirms_disk_writes:
+        # Strict is a promise made to every caller; never degrade it silently, even in
+        # development mode.
+        raise ConfigurationError(
+            "refusing to start: GATEWAY_DURABILITY=strict needs appendonly yes and either "
+            "Redis >= 7.2 (WAITAOF) or appendfsync always"
+        )
     return safety
