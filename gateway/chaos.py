@@ -227,6 +227,7 @@ class Harness:
         self.redis_dir = cluster.root / f"redis-{name}"
         self.redis: devstack.Service | None = None
         self.port = devstack.free_port()
+        self.writer_metrics_port = devstack.free_port()
         self.database = f"chaos_{name}_{uuid.uuid4().hex[:6]}"
         self.database_url = _with_database(cluster.pg.url, self.database)
         self.extra_env = dict(env or {})
@@ -258,10 +259,11 @@ class Harness:
     def env(self) -> dict[str, str]:
         assert self.redis is not None
         keep = {k: v for k, v in os.environ.items()
-                if not k.startswith(("GATEWAY_", "PG")) and k not in ("REDIS_URL", "DATABASE_URL")}
+                if not k.startswith(("GATEWAY_", "PG")) and k.upper() not in _NOT_INHERITED}
         keep.update(CHAOS_ENV)
         keep.update(REDIS_URL=self.redis.url, DATABASE_URL=self.database_url,
-                    GATEWAY_PORT=str(self.port))
+                    GATEWAY_PORT=str(self.port),
+                    GATEWAY_WRITER_METRICS_PORT=str(self.writer_metrics_port))
         keep.update(self.extra_env)
         return keep
 
@@ -300,6 +302,15 @@ class Harness:
         assert self.redis is not None
         port = self.redis.port
         self.redis = devstack.start_redis(self.redis_dir, port, **self.redis_options)
+
+    async def writer_metric(self, name: str) -> float:
+        """A counter from the writer's own /metrics (0 when absent)."""
+        url = f"http://127.0.0.1:{self.writer_metrics_port}/metrics"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(url) as resp:
+                text = await resp.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name) and not line.startswith("#"))
 
     def redis_client(self) -> Any:
         return client(self.settings, timeout_s=5.0)
@@ -349,6 +360,7 @@ class Harness:
             await _admin(self.cluster.pg.url, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
 
+_NOT_INHERITED = ("REDIS_URL", "DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR")
 CHAOS_ENV = {
     "GATEWAY_LOG_LEVEL": "WARNING",
     "GATEWAY_IDENTITY_SECRET": "chaos-" + uuid.uuid4().hex,
@@ -603,7 +615,7 @@ async def group_destroyed(run: Run) -> None:
     finally:
         await r.aclose()
     await run.sleep(run.pace.recover_s + 1.0)
-    _no_spin(run, before, await run.redis_stats(), "the group was destroyed")
+    await _no_spin(run, before, await run.redis_stats(), "the group was destroyed")
 
 
 async def stream_deleted(run: Run) -> None:
@@ -620,15 +632,18 @@ async def stream_deleted(run: Run) -> None:
         await r.aclose()
     run.load.resume()
     await run.sleep(run.pace.recover_s + 1.0)
-    _no_spin(run, before, await run.redis_stats(), "the stream key was deleted")
+    await _no_spin(run, before, await run.redis_stats(), "the stream key was deleted")
 
 
-def _no_spin(run: Run, before: dict[str, Any], after: dict[str, Any], what: str) -> None:
+async def _no_spin(run: Run, before: dict[str, Any], after: dict[str, Any], what: str) -> None:
     nogroup = _calls(after, "errorstat_NOGROUP") - _calls(before, "errorstat_NOGROUP")
     created = _calls(after, "cmdstat_xgroup|create") - _calls(before, "cmdstat_xgroup|create")
+    alarm = await run.h.writer_metric("writer_group_recreated_total")
     run.check(1 <= created <= 5, f"group created {created} times after {what}")
     run.check(nogroup <= 10, f"{nogroup} NOGROUP errors after {what}: the writer spins")
-    run.note(f"{what}: writer saw NOGROUP {nogroup}x, recreated the group {created}x")
+    run.check(alarm >= 1, "writer_group_recreated_total did not rise")
+    run.note(f"{what}: writer saw NOGROUP {nogroup}x, recreated the group {created}x, "
+             f"writer_group_recreated_total={alarm:.0f}")
 
 
 DELETED_PENDING = 600  # more than one XAUTOCLAIM page (GATEWAY_WRITER_BATCH=200)
@@ -673,6 +688,8 @@ async def deleted_pending_check(run: Run) -> None:
                 "SELECT count(*) FROM dead_letters WHERE reason = 'deleted_while_pending'"))
     finally:
         await store.close()
+    counted = await run.h.writer_metric("writer_deleted_pending_total")
+    run.check(counted == DELETED_PENDING, f"writer_deleted_pending_total={counted:.0f}")
     run.check(recorded == DELETED_PENDING,
               f"{recorded} of {DELETED_PENDING} deleted entries recorded in dead_letters")
     run.note(f"{DELETED_PENDING} pending entries deleted under a dead writer: skipped, "
