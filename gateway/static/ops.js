@@ -62,6 +62,7 @@
       const tr = document.createElement("tr");
       const td = document.createElement("td");
       td.colSpan = 2;
+      td.className = "empty";
       td.textContent = dead.held === null || dead.held === undefined ? "database unavailable" : "none";
       tr.appendChild(td);
       body.appendChild(tr);
@@ -74,12 +75,15 @@
     const pts = page.points;
     const line = (key) => pts.map((p) => [p.t, p[key]]);
     const C = window.OpsCharts;
+    // Until ten minutes of history exist, show what there is (at least two minutes).
+    const span = pts.length ? pts[pts.length - 1].t - pts[0].t : 0;
+    const windowS = Math.min(page.windowS, Math.max(120, span));
     page.drawn.backlog = C.drawChart($("chart-backlog"), {
-      windowS: page.windowS, unit: "",
+      windowS, unit: "",
       series: [{ label: "backlog", color: "#2f6fd0", fill: "rgba(47,111,208,.15)", points: line("backlog") }],
     });
     page.drawn.rates = C.drawChart($("chart-rates"), {
-      windowS: page.windowS, unit: "",
+      windowS, unit: "",
       series: [
         { label: "intake/s", color: "#d68910", points: line("intake_rate") },
         { label: "drain/s", color: "#1e8e4e", points: line("drain_rate") },
@@ -87,7 +91,7 @@
     });
     const mark = state.current && state.current.oldest_age_mark_s;
     page.drawn.age = C.drawChart($("chart-age"), {
-      windowS: page.windowS, unit: "s",
+      windowS, unit: "s",
       series: [{ label: "oldest age", color: "#8e44ad", points: line("oldest_age_s") }],
       threshold: mark ? { value: mark, label: "alert mark" } : null,
     });
