@@ -572,49 +572,57 @@ def normalise_phone(raw: str) -> tuple[str | None, str | None]:
     return phonenumbers.format_number(number, PhoneNumberFormat.E164), None
 
 
-def _desc_matcher(desc: Any) -> Callable[[str], bool]:
-    """Mirror of phonenumbers' private _is_number_matching_desc for one description."""
+def _desc_matcher(desc: Any) -> Callable[[str], bool] | None:
+    """Mirror of phonenumbers' private _is_number_matching_desc for one description
+    (None when the description can never match)."""
     if desc is None or not desc.national_number_pattern:
-        return lambda national: False
-    pattern = re.compile(desc.national_number_pattern)
+        return None
+    fullmatch = re.compile(desc.national_number_pattern).fullmatch
     lengths = frozenset(desc.possible_length or ())
     if lengths:
-        return lambda national: len(national) in lengths and bool(pattern.fullmatch(national))
-    return lambda national: bool(pattern.fullmatch(national))
+        return lambda national: len(national) in lengths and fullmatch(national) is not None
+    return lambda national: fullmatch(national) is not None
 
 
 @functools.cache
 def _vn_mobile_classifier() -> Callable[[str], bool]:
     """Whether a Vietnamese national number is one that phonenumbers.number_type calls
-    MOBILE or FIXED_LINE_OR_MOBILE, decided from the library's own VN metadata with the
-    same precedence as its number_type (a test checks the two agree)."""
+    MOBILE or FIXED_LINE_OR_MOBILE, decided from the library's own VN metadata.
+
+    number_type answers the first of: not the general pattern -> UNKNOWN; premium, toll
+    free, ... voicemail; then fixed line (FIXED_LINE_OR_MOBILE when the mobile pattern
+    is the same or also matches); then mobile. So the answer is a mobile kind exactly
+    when the number matches the general pattern, none of the special kinds, and the
+    mobile pattern (or the fixed-line one when the two patterns are the same). A test
+    checks this agrees with number_type.
+    """
     metadata = PhoneMetadata.metadata_for_region("VN")
+    never: Callable[[str], bool] = lambda national: False
     if metadata is None:
-        return lambda national: False
+        return never
+    special_names = (
+        "premium_rate",
+        "toll_free",
+        "shared_cost",
+        "voip",
+        "personal_number",
+        "pager",
+        "uan",
+        "voicemail",
+    )
+    specials = [m for m in (_desc_matcher(getattr(metadata, n)) for n in special_names) if m]
     general = _desc_matcher(metadata.general_desc)
-    other_types = [
-        _desc_matcher(getattr(metadata, name))
-        for name in (
-            "premium_rate",
-            "toll_free",
-            "shared_cost",
-            "voip",
-            "personal_number",
-            "pager",
-            "uan",
-            "voicemail",
-        )
-    ]
-    fixed_line = _desc_matcher(metadata.fixed_line)
-    mobile = _desc_matcher(metadata.mobile)
-    same_pattern = bool(metadata.same_mobile_and_fixed_line_pattern)
+    kind = _desc_matcher(
+        metadata.fixed_line if metadata.same_mobile_and_fixed_line_pattern else metadata.mobile
+    )
+    if general is None or kind is None:
+        return never
+    checks = (kind, general)  # the likely-to-fail check first
 
     def is_mobile(national: str) -> bool:
-        if not general(national) or any(match(national) for match in other_types):
-            return False
-        if fixed_line(national):
-            return same_pattern or mobile(national)
-        return not same_pattern and mobile(national)
+        return all(check(national) for check in checks) and not any(
+            special(national) for special in specials
+        )
 
     return is_mobile
 

@@ -23,7 +23,7 @@ GROUPS = ("G01", "G04")
 
 # No example database: these tests must not leave files in the work tree.
 FAST = settings(
-    max_examples=100,
+    max_examples=60,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -67,7 +67,7 @@ json_values = st.recursive(
     lambda children: st.one_of(
         st.lists(children, max_size=4), st.dictionaries(texts, children, max_size=4)
     ),
-    max_leaves=12,
+    max_leaves=8,
 )
 
 _WARDS = sorted(
