@@ -4,8 +4,8 @@
 Needs nothing but Python 3.11+ (standard library only). Every subcommand first makes sure
 ``.venv`` exists (created with the interpreter running this script) and holds the package
 installed editable with the extras that subcommand needs; pip runs again only when
-``pyproject.toml`` (or the interpreter, or the extras asked for) changed since the last
-install, recorded in a stamp file inside ``.venv``. Then:
+``pyproject.toml`` or the extras asked for changed since the last install, recorded in a
+stamp file inside ``.venv`` (a broken ``.venv`` is recreated). Then:
 
   run [ARGS]        .venv/bin/gateway run --data-dir .data ARGS   (Redis, PostgreSQL,
                     migrations, gateway, writer; Ctrl-C stops everything it started)
@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -62,15 +61,16 @@ def say(message: str) -> None:
 
 @contextlib.contextmanager
 def install_lock() -> Iterator[None]:
-    """Two commands started at once must not run pip into one venv together."""
-    digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
-    path = Path(tempfile.gettempdir()) / f"vaccine-intake-gateway-{digest}-{os.getuid()}.lock"
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Two commands started at once must not run pip into one venv together.
+
+    The lock is taken on the checkout's directory itself: no lock file to leave behind,
+    and it is per checkout whoever runs the command."""
+    fd = os.open(ROOT, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def venv_works() -> bool:
