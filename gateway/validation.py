@@ -304,10 +304,15 @@ def _validate(
     )
     screening = _screening(get("screening", _MISSING), errors)
     _consent(get("consent", _MISSING), errors)
+    # The body's channel is checked even when the header wins: a wrong value is refused,
+    # never silently ignored.
+    body_channel = _choice(get("channel", _MISSING), "channel", c.CHANNELS, errors, False)
     if header_channel is not None and header_channel.strip():
         chosen = _choice(header_channel, "channel", c.CHANNELS, errors, True)
     else:
-        chosen = _choice(get("channel", _MISSING), "channel", c.CHANNELS, errors, True)
+        chosen = body_channel
+        if chosen is None and "channel" not in errors:
+            errors["channel"] = FieldError("required")
 
     if errors:
         raise ValidationFailed(errors)

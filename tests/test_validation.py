@@ -597,6 +597,11 @@ def test_channel_header_wins_over_body_field() -> None:
     assert codes_of(valid_body(channel="web"), channel="sms") == {"channel": "invalid_choice"}
 
 
+@pytest.mark.parametrize("value", ["sms", 1, True, ["web"]])
+def test_a_wrong_body_channel_is_refused_even_when_the_header_names_one(value: Any) -> None:
+    assert set(codes_of(valid_body(channel=value), channel="web")) == {"channel"}
+
+
 def test_unknown_fields_are_rejected_by_name() -> None:
     body = valid_body(nickname="Bé", id_document={"type": "cmnd", "number": "012345678", "x": 1})
     assert codes_of(body) == {"nickname": "unknown_field", "id_document.x": "unknown_field"}
