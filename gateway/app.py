@@ -167,8 +167,9 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
-    from gateway import views  # views import app helpers; keep the import one way
+    from gateway import divisions, views  # views import app helpers; keep the import one way
 
+    divisions.preload()  # the first registration must not pay for loading the tables
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[errors_middleware],
