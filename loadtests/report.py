@@ -1,0 +1,223 @@
+"""The capacity report of one run: ``capacity.md``, ``capacity.json`` (the figures the
+``gateway capacity`` calculator reads) and two plots, ``load.png`` (throughput and
+p50/p99 latency over time) and ``backlog.png`` (backlog depth, commit rate and Redis
+memory over time). Plots need matplotlib (the ``loadtest`` extra); without it the
+Markdown says so and everything else is still written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtests.figures import Figures, Series, rolling_percentiles
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    objective: str
+    measured: str
+    passed: bool
+
+
+def verdict(figures: Figures, reconciliation: dict[str, Any], objectives: dict[str, float]) -> list[Check]:
+    return [
+        Check("p99 latency", f"<= {objectives['p99_ms']:.0f} ms", f"{figures.p99_ms:.0f} ms",
+              figures.p99_ms <= objectives["p99_ms"]),
+        Check("server-error rate", f"<= {objectives['max_error_rate']:.2%}",
+              f"{figures.error_rate:.3%}", figures.error_rate <= objectives["max_error_rate"]),
+        Check("unexpected answers", f"<= {objectives['max_unexpected_rate']:.2%}",
+              f"{figures.unexpected_rate:.3%}",
+              figures.unexpected_rate <= objectives["max_unexpected_rate"]),
+        Check("lost", f"= {objectives['max_lost']:.0f}", str(reconciliation.get("lost", "?")),
+              reconciliation.get("lost", 1) <= objectives["max_lost"]),
+        Check("duplicated", f"= {objectives['max_duplicated']:.0f}",
+              str(reconciliation.get("duplicated", "?")),
+              reconciliation.get("duplicated", 1) <= objectives["max_duplicated"]),
+        Check("misattributed", "= 0", str(reconciliation.get("misattributed", "?")),
+              reconciliation.get("misattributed", 1) == 0),
+    ]
+
+
+def breakpoint_checks(checks: list[Check], breakpoint: dict[str, Any] | None) -> list[Check]:
+    """A breakpoint run is meant to break the latency and error objectives: it passes
+    when it measured a capacity (a step within them) and lost and duplicated nothing."""
+    step = (breakpoint or {}).get("capacity_step")
+    kept = [c for c in checks if c.name not in ("p99 latency", "server-error rate")]
+    measured = f"{step['rps']:,.0f} requests/s at {step['users']} users" if step else "none"
+    return [Check("capacity measured", "a step within the objectives", measured, step is not None), *kept]
+
+
+def plot(run_dir: Path, s: Series, samples: Sequence[dict[str, float]], p99_objective: float,
+         load_end: float) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    x = list(range(s.seconds))
+    p50, p99 = rolling_percentiles(s)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, dpi=80)
+    top.plot(x, s.answered, label="answered requests/s", lw=1)
+    top.plot(x, s.accepted, label="registrations accepted (202)/s", lw=1)
+    top.plot(x, [a + b for a, b in zip(s.shed, s.errors, strict=True)], label="shed + server errors/s", lw=1)
+    top.set_ylabel("per second")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.plot(x, p50, label="p50 (5 s window)", lw=1)
+    bottom.plot(x, p99, label="p99 (5 s window)", lw=1)
+    bottom.axhline(p99_objective, color="red", ls="--", lw=0.8, label="p99 objective")
+    bottom.set_ylabel("latency, ms")
+    bottom.set_xlabel("seconds since the first request")
+    bottom.set_yscale("log")
+    bottom.set_ylim(bottom=1)
+    bottom.legend(loc="upper left", fontsize=8)
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "load.png")
+    plt.close(fig)
+    names = ["load.png"]
+    if samples:
+        t = [r["t"] - s.t0 for r in samples]
+        rate = [0.0] + [
+            max((b["drained"] - a["drained"]) / max(b["t"] - a["t"], 1e-6), 0.0)
+            for a, b in zip(samples, samples[1:], strict=False)
+        ]
+        smooth = [sum(rate[max(0, i - 4): i + 1]) / len(rate[max(0, i - 4): i + 1]) for i in range(len(rate))]
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, dpi=80)
+        top.plot(t, [r["backlog"] for r in samples], label="backlog (entries not yet committed)", lw=1.2)
+        top.set_ylabel("entries")
+        twin = top.twinx()
+        twin.plot(t, smooth, color="tab:green", lw=1, label="rows committed/s (5 s mean)")
+        twin.set_ylabel("rows/s")
+        top.axvline(load_end - s.t0, color="grey", ls=":", lw=1)
+        top.legend(loc="upper left", fontsize=8)
+        twin.legend(loc="upper right", fontsize=8)
+        top.grid(alpha=0.3)
+        bottom.plot(t, [r["used_memory"] / MB for r in samples], label="Redis used_memory", lw=1)
+        bottom.plot(t, [r["stream_bytes"] / MB for r in samples], label="intake streams", lw=1)
+        bottom.axvline(load_end - s.t0, color="grey", ls=":", lw=1, label="load stopped")
+        bottom.set_ylabel("MiB")
+        bottom.set_xlabel("seconds since the first request")
+        bottom.legend(loc="upper left", fontsize=8)
+        bottom.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(run_dir / "backlog.png")
+        plt.close(fig)
+        names.append("backlog.png")
+    return names
+
+
+def _n(value: float | None, unit: str = "", digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def markdown(meta: dict[str, Any], f: Figures, rec: dict[str, Any], checks: list[Check],
+             plots: list[str], breakpoint: dict[str, Any] | None) -> str:
+    ok = all(c.passed for c in checks)
+    lines = [
+        f"# Capacity report: {meta['shape']} ({meta['started']})",
+        "",
+        f"**Verdict: {'PASS' if ok else 'FAIL'}** — {f.requests:,} requests, "
+        f"{f.accepted:,} registrations accepted, lost {rec.get('lost', '?')}, "
+        f"duplicated {rec.get('duplicated', '?')}.",
+        "",
+        f"Stack: {meta['stack']}. Load: {meta['load']}. Machine: {meta['machine']}.",
+        "",
+        "| objective | target | measured | |",
+        "|---|---|---|---|",
+        *[f"| {c.name} | {c.objective} | {c.measured} | {'ok' if c.passed else '**FAIL**'} |" for c in checks],
+        "",
+        "## Capacity figures",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| sustainable registrations/s at the objective | {_n(f.sustainable_registrations_per_s)} "
+        f"(requests/s {_n(f.sustainable_requests_per_s)}) |",
+    ]
+    if breakpoint is not None:
+        step = breakpoint.get("capacity_step")
+        lines.append(
+            "| breakpoint: last step within the objectives | "
+            + (f"{step['users']} users, {step['rps']:,.0f} requests/s, p99 {step['p99_ms']:.0f} ms |"
+               if step else "none: the first step already broke |")
+        )
+    lines += [
+        f"| peak backlog | {f.peak_backlog:,} entries |",
+        f"| drain rate | {_n(f.drain_rate_per_s)} rows/s ({f.drain_rate_source}) |",
+        f"| time to drain after the load stopped | {_n(f.time_to_drain_s, ' s', 1)} |",
+        f"| Redis memory per queued registration (stream entry) | {_n(f.stream_bytes_per_entry, ' B')} |",
+        f"| Redis memory per accepted person (dedupe key, kept for the dedupe TTL) | "
+        f"{_n(f.dedupe_bytes_per_person, ' B')} |",
+        f"| Redis peak used_memory | {_n(f.redis_peak_used_memory / MB, ' MiB', 1)} |",
+        f"| p50 / p99 latency, whole run | {f.p50_ms:.0f} / {f.p99_ms:.0f} ms |",
+        f"| shed (503/429) | {f.shed_rate:.3%} |",
+        f"| clients that gave up waiting (by choice) | {f.gave_up:,} |",
+        *[f"| CPU per request, {role} | {v * 1e6:,.0f} µs |" for role, v in f.cpu_s_per_request.items()],
+        *[f"| CPU per row, {role} | {v * 1e6:,.0f} µs |" for role, v in f.cpu_s_per_row.items()],
+        f"| load generator's share of the CPU used | {_n((f.load_generator_cpu_share or 0) * 100, ' %')} |",
+        "",
+        "## Reconciliation",
+        "",
+        f"{rec.get('accepted_ids', 0):,} registration ids answered 202/200 "
+        f"({rec.get('accepted_answers', 0):,} answers, {rec.get('people_accepted', 0):,} people): "
+        f"{rec.get('stored', 0):,} stored, {rec.get('dead_lettered', 0):,} dead-lettered, "
+        f"**{rec.get('lost', '?')} lost**, **{rec.get('duplicated', '?')} duplicated**, "
+        f"{rec.get('misattributed', '?')} misattributed. "
+        f"Rows stored during the run: {rec.get('rows_in_run', 0):,}, of which "
+        f"{rec.get('rows_never_answered', 0):,} were never answered to their client "
+        "(it gave up or was stopped, and did not resubmit).",
+        "",
+        "Dead letters of the run by reason: "
+        + (", ".join(f"{k}: {v}" for k, v in rec.get("run_dead_letter_reasons", {}).items()) or "none")
+        + ".",
+        "",
+        "## Answers by submission kind",
+        "",
+        "| kind | " + " | ".join(sorted({s for v in f.by_kind.values() for s in v})) + " |",
+    ]
+    statuses = sorted({s for v in f.by_kind.values() for s in v})
+    lines.append("|---" * (len(statuses) + 1) + "|")
+    for kind, counts in f.by_kind.items():
+        lines.append(f"| {kind} | " + " | ".join(f"{counts.get(s, 0):,}" for s in statuses) + " |")
+    lines += ["", "## Over time", ""]
+    lines += [f"![{name}]({name})" for name in plots] or ["(matplotlib is not installed: no plots)"]
+    if breakpoint is not None:
+        lines += ["", "## Breakpoint steps", "", "| step | users | requests/s | p50 ms | p99 ms | errors | Locust CPU | |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for st in breakpoint.get("steps", []):
+            lines.append(
+                f"| {st['index']} | {st['users']} | {st['rps']:,.0f} | {st['p50_ms']:.0f} | {st['p99_ms']:.0f} "
+                f"| {st['error_rate']:.2%} | {st['generator_cpu']:.0f} % | {'ok' if st['ok'] else '; '.join(st['broke'])} |"
+            )
+    lines += ["", "Files: `answers-*.jsonl` (every answer), `samples.csv` (once a second), "
+              "`locust_*.csv` and `locust.html` (Locust's own statistics), `reconciliation.json`, "
+              "`capacity.json`.", ""]
+    return "\n".join(lines)
+
+
+def write(run_dir: Path, meta: dict[str, Any], f: Figures, rec: dict[str, Any], checks: list[Check],
+          plots: list[str], breakpoint: dict[str, Any] | None) -> Path:
+    path = run_dir / "capacity.md"
+    path.write_text(markdown(meta, f, rec, checks, plots, breakpoint), encoding="utf-8")
+    capacity = {
+        "meta": meta,
+        "figures": f.as_dict(),
+        "reconciliation": rec,
+        "verdict": [c.__dict__ for c in checks],
+        "passed": all(c.passed for c in checks),
+        "breakpoint": breakpoint,
+    }
+    (run_dir / "capacity.json").write_text(json.dumps(capacity, indent=1, default=str) + "\n")
+    return path
