@@ -18,12 +18,13 @@ benchmark (``drain.py``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from benchmarks.harness import Group
+from benchmarks.harness import Group, say
 from benchmarks.session import Session, median, ratio
 
-PREFIX_2P = "bench:gw2:"  # the stream the writer benchmark drains
+PREFIX_MAIN = "bench:gwmain:"  # the stream the writer benchmark drains
 SCRIPT_COMMANDS = ("get", "set", "xadd")  # what append.lua calls inside EVALSHA
 
 
@@ -31,22 +32,29 @@ def _calls_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
 
-def measure(session: Session, group: Group, label: str, processes: int,
-            repeat: int) -> dict[str, Any]:
-    before = session.stack.command_calls()
+def measure(session: Session, group: Group, label: str, processes: int, repeat: int,
+            prefix: str | None) -> dict[str, Any]:
+    stack = session.stack
+    before = stack.command_calls()
+    length_before = stack.stream_length(prefix) if prefix else 0
     run = session.load(group)
-    calls = _calls_delta(before, session.stack.command_calls())
     row: dict[str, Any] = {"service": label, "processes": processes, "repeat": repeat,
                            "connections": session.config.connections, **run.summary()}
-    accepted = run.accepted()
-    if label != "bare":
+    if prefix is not None:
+        # Entries the stream gained over the same window as the command counts (wrk's
+        # own count misses the requests still in flight when it stops). The window
+        # includes the group's warm-up run, at the same concurrency.
+        time.sleep(0.3)
+        calls = _calls_delta(before, stack.command_calls())
+        appended = stack.stream_length(prefix) - length_before
         evalsha = calls.get("evalsha", 0) + calls.get("eval", 0)
         background = sum(v for k, v in calls.items()
                          if k not in SCRIPT_COMMANDS and k not in ("evalsha", "eval"))
         row["redis"] = {
             "evalsha_calls": evalsha,
-            "round_trips_per_accepted": round(evalsha / accepted, 4) if accepted else None,
-            "mean_batch": round(accepted / evalsha, 1) if evalsha else None,
+            "appended": appended,
+            "round_trips_per_accepted": round(evalsha / appended, 4) if appended else None,
+            "mean_batch": round(appended / evalsha, 1) if evalsha else None,
             "other_commands": background,
             "commands": calls,
         }
@@ -56,25 +64,28 @@ def measure(session: Session, group: Group, label: str, processes: int,
 def run(session: Session) -> dict[str, Any]:
     stack, cfg = session.stack, session.config
     db = stack.fresh_database("bench_ceiling")  # reference data for the gateways
-    plan: list[tuple[str, int, Group]] = [
-        ("bare", 2, session.start_bare(2)),
-        ("gateway", 2, session.start_gateway(2, PREFIX_2P, db)),
-        ("uncoalesced", 2, session.start_gateway(2, "bench:unco2:", db, coalesced=False)),
-        ("bare", 1, session.start_bare(1)),
-        ("gateway", 1, session.start_gateway(1, "bench:gw1:", db)),
+    n = cfg.processes
+    plan: list[tuple[str, int, Group, str | None]] = [
+        ("bare", n, session.start_bare(n), None),
+        ("gateway", n, session.start_gateway(n, PREFIX_MAIN, db), PREFIX_MAIN),
+        ("uncoalesced", n, session.start_gateway(n, "bench:unco:", db, coalesced=False),
+         "bench:unco:"),
     ]
+    if cfg.scaling and n != 1:
+        plan += [("bare", 1, session.start_bare(1), None),
+                 ("gateway", 1, session.start_gateway(1, "bench:gw1:", db), "bench:gw1:")]
     rows: list[dict[str, Any]] = []
     try:
+        session.ready(*(group for _, _, group, _ in plan))
         for repeat in range(cfg.repeats):
-            for label, processes, group in plan:
-                print(f"bench: ceiling  {label:<11} {processes}p  repeat {repeat + 1}", flush=True)
-                rows.append(measure(session, group, label, processes, repeat))
+            for label, processes, group, prefix in plan:
+                say(f"ceiling  {label:<11} {processes}p  repeat {repeat + 1}")
+                rows.append(measure(session, group, label, processes, repeat, prefix))
     finally:
-        for _, _, group in plan:
-            session.stop(group)
-        stack.forget_prefix("bench:unco2:")
+        session.stop(*(group for _, _, group, _ in plan))
+        stack.forget_prefix("bench:unco:")
         stack.forget_prefix("bench:gw1:")
-    return {"runs": rows, "summary": summarise(rows)}
+    return {"runs": rows, "summary": summarise(rows, n)}
 
 
 def _median_of(rows: list[dict[str, Any]], label: str, processes: int, key: str) -> float | None:
@@ -91,10 +102,9 @@ def _median_redis(rows: list[dict[str, Any]], label: str, processes: int,
     return round(median(values), 4) if values else None
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
     services: dict[str, Any] = {}
-    for label, processes in (("bare", 1), ("bare", 2), ("gateway", 1), ("gateway", 2),
-                             ("uncoalesced", 2)):
+    for label, processes in sorted({(r["service"], r["processes"]) for r in rows}):
         key = f"{label}_{processes}p"
         services[key] = {
             metric: _median_of(rows, label, processes, metric)
@@ -117,10 +127,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return round(median(values), 3) if values else None
 
     return {
+        "processes": n,
         "services": services,
-        "gateway_vs_ceiling_2p": per_repeat(("gateway", 2), ("bare", 2)),
+        "gateway_vs_ceiling": per_repeat(("gateway", n), ("bare", n)),
         "gateway_vs_ceiling_1p": per_repeat(("gateway", 1), ("bare", 1)),
-        "coalesced_vs_uncoalesced_2p": per_repeat(("gateway", 2), ("uncoalesced", 2)),
-        "scaling_bare_2p_vs_1p": per_repeat(("bare", 2), ("bare", 1)),
-        "scaling_gateway_2p_vs_1p": per_repeat(("gateway", 2), ("gateway", 1)),
+        "coalesced_vs_uncoalesced": per_repeat(("gateway", n), ("uncoalesced", n)),
+        f"scaling_bare_{n}p_vs_1p": per_repeat(("bare", n), ("bare", 1)) if n != 1 else None,
+        f"scaling_gateway_{n}p_vs_1p": (
+            per_repeat(("gateway", n), ("gateway", 1)) if n != 1 else None),
     }

@@ -23,6 +23,11 @@ def _get(results: dict[str, Any], *path: str) -> Any:
     return node
 
 
+def _processes(results: dict[str, Any]) -> int:
+    return int(_get(results, "ceiling", "summary", "processes")
+               or _get(results, "environment", "config", "processes") or 2)
+
+
 def _empty(ax: Axes, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
@@ -43,14 +48,17 @@ def _bars(ax: Axes, labels: list[str], values: list[float], colors: list[str], t
 def throughput(ax: Axes, results: dict[str, Any]) -> None:
     services = _get(results, "ceiling", "summary", "services") or {}
     naive = _get(results, "naive", "summary") or {}
+    n = _processes(results)
     items = [
-        ("bare aiohttp 2p", _get(services, "bare_2p", "accepted_per_s"), CEILING),
-        ("bare aiohttp 1p", _get(services, "bare_1p", "accepted_per_s"), CEILING),
-        ("gateway 2p", _get(services, "gateway_2p", "accepted_per_s"), GATEWAY),
-        ("gateway 1p", _get(services, "gateway_1p", "accepted_per_s"), GATEWAY),
-        ("no coalescing 2p", _get(services, "uncoalesced_2p", "accepted_per_s"), OTHER),
-        ("gateway+writer 2p", _get(naive, "gateway", "accepted_per_s"), GATEWAY),
-        ("naive INSERT 2p", _get(naive, "naive", "accepted_per_s"), NAIVE),
+        (f"bare aiohttp {n}p", _get(services, f"bare_{n}p", "accepted_per_s"), CEILING),
+        ("bare aiohttp 1p", _get(services, "bare_1p", "accepted_per_s") if n != 1 else None,
+         CEILING),
+        (f"gateway {n}p", _get(services, f"gateway_{n}p", "accepted_per_s"), GATEWAY),
+        ("gateway 1p", _get(services, "gateway_1p", "accepted_per_s") if n != 1 else None,
+         GATEWAY),
+        (f"no coalescing {n}p", _get(services, f"uncoalesced_{n}p", "accepted_per_s"), OTHER),
+        (f"gateway+writer {n}p", _get(naive, "gateway", "accepted_per_s"), GATEWAY),
+        (f"naive INSERT {n}p", _get(naive, "naive", "accepted_per_s"), NAIVE),
     ]
     items = [i for i in items if i[1] is not None]
     if not items:
@@ -75,7 +83,9 @@ def sweep(ax: Axes, results: dict[str, Any]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("p99 latency (ms, log)")
     ax.set_ylabel("accepted/s")
-    ax.set_title("Throughput at a given p99 (2 processes each)", fontsize=10)
+    n = _processes(results)
+    ax.set_title(f"Throughput at a given p99 ({n} process{'es' if n != 1 else ''} each)",
+                 fontsize=10)
     ax.legend(fontsize=8)
 
 
@@ -141,14 +151,15 @@ def clients(ax: Axes, results: dict[str, Any]) -> None:
 
 def round_trips(ax: Axes, results: dict[str, Any]) -> None:
     services = _get(results, "ceiling", "summary", "services") or {}
-    items = [(label, _get(services, key, "round_trips_per_accepted"))
-             for key, label in (("gateway_1p", "gateway 1p"), ("gateway_2p", "gateway 2p"),
-                                ("uncoalesced_2p", "no coalescing 2p"))]
+    n = _processes(results)
+    keys = [("gateway_1p", "gateway 1p")] if n != 1 else []
+    keys += [(f"gateway_{n}p", f"gateway {n}p"), (f"uncoalesced_{n}p", f"no coalescing {n}p")]
+    items = [(label, _get(services, key, "round_trips_per_accepted")) for key, label in keys]
     items = [i for i in items if i[1] is not None]
     if not items:
         return _empty(ax, "Redis round trips per registration")
     ax.barh([i[0] for i in items], [i[1] for i in items],
-            color=[GATEWAY, GATEWAY, OTHER][: len(items)])
+            color=[OTHER if "no coalescing" in i[0] else GATEWAY for i in items])
     ax.invert_yaxis()
     ax.axvline(0.2, color="black", linestyle="--", linewidth=1)
     for n, (_, v) in enumerate(items):

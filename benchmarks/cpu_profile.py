@@ -33,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import say
 from benchmarks.session import Session
 
 VIEWS = Path(__file__).resolve().parent.parent / "gateway" / "views.py"
@@ -113,7 +114,8 @@ def run(session: Session) -> dict[str, Any]:
             capture_output=True, text=True, check=False))
 
     try:
-        print("bench: profile  gateway 1p under py-spy", flush=True)
+        session.ready(gateway)
+        say("profile  gateway 1p under py-spy")
         run_ = session.load(gateway, during=during)
     finally:
         session.stop(gateway)

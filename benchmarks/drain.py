@@ -1,7 +1,7 @@
 """Section 3: the writer's drain rate against a raw bulk COPY of the same rows into the
 same table on the same server.
 
-Input: the entries the 2-process gateway appended in the ceiling section (real
+Input: the entries the gateway appended in the ceiling section (real
 registrations, real stream entries), topped up when there are too few (``--quick``, or
 ``--only drain``) by the gateway's own validation and appender called in-process on
 more template bodies. For each writer configuration they are copied
@@ -29,7 +29,7 @@ import asyncpg
 import orjson
 
 from benchmarks import bodies, ceiling
-from benchmarks.harness import CpuWatch
+from benchmarks.harness import CpuWatch, say
 from benchmarks.session import Sampler, Session, ratio
 from benchmarks.stack import run_async
 from gateway.append import Appender
@@ -121,6 +121,7 @@ def drain_once(session: Session, entries: list[tuple[bytes, dict[bytes, bytes]]]
     prefix = f"bench:drain{tag}:"
     refill(session, prefix, entries)
     total = len(entries)
+    say(f"drain    writer {processes}p batch {batch}: {total} entries")
     db = stack.fresh_database(f"bench_drain{tag}")
     started = time.monotonic()
     with Sampler(lambda: (time.monotonic(), stack.stream_length(prefix)), 0.05) as sampler:
@@ -183,17 +184,18 @@ async def _raw(url: str, rows: list[Row], mode: str, batch: int) -> float:
 
 def run(session: Session) -> dict[str, Any]:
     stack, cfg = session.stack, session.config
-    wanted, limit = (5_000, 20_000) if cfg.quick else (60_000, 150_000)
-    topped_up = top_up(session, ceiling.PREFIX_2P, wanted)
-    entries = read_entries(session, ceiling.PREFIX_2P, limit)
-    rows = to_rows(entries, Settings(key_prefix=ceiling.PREFIX_2P).stream_key(0))
+    say(f"drain    {cfg.drain_entries} entries: stream from the ceiling section, topped up")
+    topped_up = top_up(session, ceiling.PREFIX_MAIN, cfg.drain_entries)
+    entries = read_entries(session, ceiling.PREFIX_MAIN, cfg.drain_entries * 3)
+    rows = to_rows(entries, Settings(key_prefix=ceiling.PREFIX_MAIN).stream_key(0))
     writers = [drain_once(session, entries, processes, batch, f"{i}")
                for i, (processes, batch) in enumerate(cfg.writer_configs)]
     raw_db = stack.fresh_database("bench_raw")
     default_batch = Settings().writer_batch
+    say("drain    raw COPY of the same rows")
     raw = {mode: run_async(lambda m=mode: _raw(raw_db, rows, m, default_batch))
            for mode in ("staged_bulk", "staged_batches", "direct_copy")}
-    stack.forget_prefix(ceiling.PREFIX_2P)
+    stack.forget_prefix(ceiling.PREFIX_MAIN)
     first = writers[0]
     return {
         "rows": len(rows), "topped_up_in_process": topped_up,

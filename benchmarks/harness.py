@@ -24,7 +24,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = ROOT / "benchmarks" / "wrk" / "register.lua"
+LOGS_HINT = "the service logs in <results>/logs/"
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress on stdout, with the seconds since the run began."""
+    print(f"bench [{time.monotonic() - _T0:6.1f}s] {message}", flush=True)
 
 
 class BenchError(RuntimeError):
@@ -40,7 +49,7 @@ def ensure_wrk() -> str:
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("bench: wrk not found; installing Debian's wrk package", file=sys.stderr)
+        say("wrk not found; installing Debian's wrk package")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         quiet = {"stdout": subprocess.DEVNULL, "env": env, "check": False}
         if subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], **quiet).returncode:
@@ -173,6 +182,7 @@ class Group:
     port: int
     procs: list[subprocess.Popen[bytes]]
     log_path: Path
+    listen: bool = True
 
     @property
     def pids(self) -> list[int]:
@@ -183,45 +193,54 @@ class Group:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self, grace_s: float = 10.0) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + grace_s
-        for proc in self.procs:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_groups([self], grace_s)
+
+
+def stop_groups(groups: Sequence[Group], grace_s: float = 10.0) -> None:
+    procs = [p for g in groups for p in g.procs]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def start_group(
     name: str, argv: Sequence[str], count: int, port: int, env: Mapping[str, str],
-    log_dir: Path, *, listen: bool = True, timeout_s: float = 60.0,
+    log_dir: Path, *, listen: bool = True,
 ) -> Group:
+    """Spawn ``count`` processes; :func:`wait_ready` waits until they listen."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    log = log_path.open("ab")
-    procs = [
-        subprocess.Popen(list(argv), env=dict(env), cwd=ROOT, stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=subprocess.STDOUT)
-        for _ in range(count)
-    ]
-    log.close()
-    group = Group(name, port, procs, log_path)
+    with log_path.open("ab") as log:
+        procs = [
+            subprocess.Popen(list(argv), env=dict(env), cwd=ROOT, stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=subprocess.STDOUT)
+            for _ in range(count)
+        ]
+    return Group(name, port, procs, log_path, listen)
+
+
+def wait_ready(groups: Sequence[Group], timeout_s: float = 90.0) -> None:
+    """Wait until every process of every listening group holds its listening socket
+    (the gateway binds only after Redis, PostgreSQL and reference data are set up)."""
     deadline = time.monotonic() + timeout_s
-    while listen:
-        dead = [p for p in procs if p.poll() is not None]
-        if dead:
-            group.stop()
-            raise BenchError(f"{name} exited during start-up; see {log_path}:\n{_tail(log_path)}")
-        if all(listens(p.pid, port) for p in procs):
-            break
-        if time.monotonic() > deadline:
-            group.stop()
-            raise BenchError(f"{name} did not listen on {port} in {timeout_s:.0f}s; see {log_path}")
+    pending = [g for g in groups if g.listen]
+    while pending:
+        for group in pending:
+            if any(p.poll() is not None for p in group.procs):
+                raise BenchError(f"{group.name} exited during start-up; see {group.log_path}:\n"
+                                 f"{_tail(group.log_path)}")
+        pending = [g for g in pending if not all(listens(p.pid, g.port) for p in g.procs)]
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(g.name for g in pending)
+            raise BenchError(f"{names} did not listen within {timeout_s:.0f}s; see {LOGS_HINT}")
         time.sleep(0.1)
-    return group
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -1,7 +1,7 @@
 """Section 2: the naive design (INSERT in the request) against the gateway, at equal
 concurrency, and while PostgreSQL stalls.
 
-Both run 2 processes on one port. The gateway runs with its writer, so both designs
+Both run the same number of processes on one port (2; 1 with ``--quick``). The gateway runs with its writer, so both designs
 store every registration in PostgreSQL on the same 2 cores; the gateway's report also
 says how far the writer kept up (rows stored per second, backlog left at the end).
 
@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks import harness
-from benchmarks.harness import Group, WrkRun
+from benchmarks.harness import Group, WrkRun, say
 from benchmarks.session import Sampler, Session, ratio
 from benchmarks.stack import run_async
 
@@ -97,15 +97,15 @@ def run(session: Session) -> dict[str, Any]:
     stack, cfg = session.stack, session.config
     naive_db = stack.fresh_database("bench_naive")
     gateway_db = stack.fresh_database("bench_e2e")
-    naive = session.start_naive(2, naive_db)
-    gateway = session.start_gateway(2, PREFIX, gateway_db)
+    naive = session.start_naive(cfg.processes, naive_db)
+    gateway = session.start_gateway(cfg.processes, PREFIX, gateway_db)
     writer = session.start_writer(PREFIX, gateway_db)
     try:
+        session.ready(naive, gateway)
         sweep = [*_sweep(session, naive, gateway, writer, gateway_db)]
         stalls = [*_stalls(session, naive, gateway, writer, naive_db, gateway_db)]
     finally:
-        for group in (naive, gateway, writer):
-            session.stop(group)
+        session.stop(naive, gateway, writer)
         stack.forget_prefix(PREFIX)
     return {"sweep": sweep, "stalls": stalls, "summary": summarise(sweep, stalls, cfg.connections)}
 
@@ -114,10 +114,10 @@ def _sweep(session: Session, naive: Group, gateway: Group, writer: Group,
            gateway_db: str) -> list[dict[str, Any]]:
     rows = []
     for connections in session.config.sweep:
-        print(f"bench: naive    naive       c={connections}", flush=True)
+        say(f"naive    naive       c={connections}")
         rows.append(_row("naive", session.load(naive, connections=connections),
                          connections=connections))
-        print(f"bench: naive    gateway     c={connections}", flush=True)
+        say(f"naive    gateway     c={connections}")
         rows.append(_gateway_run(session, gateway, writer, gateway_db, connections=connections)[0])
     return rows
 
@@ -147,8 +147,7 @@ def _stalls(session: Session, naive: Group, gateway: Group, writer: Group, naive
     rows = []
     for kind in cfg.stall_kinds:
         for service in ("naive", "gateway"):
-            print(f"bench: stall    {service:<11} {kind} {cfg.stall_duration_s / 3:.0f}s",
-                  flush=True)
+            say(f"stall    {service:<11} {kind} {cfg.stall_duration_s / 3:.0f}s")
             marks: dict[str, float] = {}
             started = time.time()
             if service == "naive":

@@ -149,7 +149,9 @@ def _venv(base: Path, version: str) -> Path:
     stamp = path / ".ready"
     if stamp.exists() and python.exists():
         return python
-    print(f"bench: building a throwaway venv with redis=={version}", flush=True)
+    from benchmarks.harness import say
+
+    say(f"building a throwaway venv with redis=={version}")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(path)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                     f"redis[hiredis]=={version}", "orjson", "uvloop"], check=True,
@@ -171,10 +173,12 @@ def _clean_env() -> dict[str, str]:
 
 
 def run(session: Any) -> dict[str, Any]:
+    from benchmarks.harness import say
+
     cfg = session.config
     url = session.stack.redis.url
     results: list[dict[str, Any]] = []
-    print("bench: clients  project venv", flush=True)
+    say("clients  project venv")
     project = _measure(sys.executable, url, cfg.loop_seconds, "bench:clients:project:")
     project["label"] = f"project venv (redis {project['versions']['redis_py']})"
     results.append(project)
@@ -184,7 +188,7 @@ def run(session: Any) -> dict[str, Any]:
         except subprocess.CalledProcessError as exc:
             results.append({"label": f"redis {version}", "error": str(exc)})
             continue
-        print(f"bench: clients  redis {version}", flush=True)
+        say(f"clients  redis {version}")
         measured = _measure(str(python), url, cfg.loop_seconds, f"bench:clients:{version}:")
         measured["label"] = f"redis {version}"
         results.append(measured)

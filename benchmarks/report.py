@@ -73,6 +73,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
         met = measured >= target if higher_is_better else measured <= target
         return {"target": target, "measured": measured, "met": met}
 
+    n = _get(results, "ceiling", "summary", "processes") or 2
     stall_worst = None
     for kind in (_get(results, "naive", "summary", "stalls") or {}).values():
         value = (kind.get("gateway") or {}).get("p99_vs_baseline")
@@ -80,10 +81,10 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             stall_worst = value if stall_worst is None else max(stall_worst, value)
     return {
         "gateway_vs_ceiling": verdict(
-            _get(results, "ceiling", "summary", "gateway_vs_ceiling_2p"),
+            _get(results, "ceiling", "summary", "gateway_vs_ceiling"),
             TARGETS["gateway_vs_ceiling"]),
         "round_trips_per_registration": verdict(
-            _get(results, "ceiling", "summary", "services", "gateway_2p",
+            _get(results, "ceiling", "summary", "services", f"gateway_{n}p",
                  "round_trips_per_accepted"),
             TARGETS["round_trips_per_registration"], higher_is_better=False),
         "gateway_vs_naive_at_equal_p99": verdict(
@@ -126,7 +127,7 @@ def _fmt(value: Any, digits: int = 0) -> str:
 def markdown_table(results: dict[str, Any]) -> str:
     lines = ["| measurement | figure | target | met |", "|---|---|---|---|"]
     names = {
-        "gateway_vs_ceiling": "gateway / bare aiohttp ceiling (2 processes, accepted/s)",
+        "gateway_vs_ceiling": "gateway / bare aiohttp ceiling (same processes, accepted/s)",
         "round_trips_per_registration": "Redis round trips per accepted registration",
         "gateway_vs_naive_at_equal_p99": "gateway / naive INSERT-per-request, at equal p99",
         "gateway_stall_p99_vs_baseline": "gateway p99 during a PostgreSQL stall / unstalled",
@@ -145,16 +146,20 @@ def markdown_table(results: dict[str, Any]) -> str:
 def _detail_rows(results: dict[str, Any]) -> list[str]:
     rows = ["| run | accepted/s | p50 ms | p99 ms | wrk CPU (cores) |", "|---|---|---|---|---|"]
     services = _get(results, "ceiling", "summary", "services") or {}
-    for key, label in (("bare_1p", "bare aiohttp, 1 process"), ("bare_2p", "bare aiohttp, 2 processes"),
-                       ("gateway_1p", "gateway, 1 process"), ("gateway_2p", "gateway, 2 processes"),
-                       ("uncoalesced_2p", "gateway without coalescing, 2 processes")):
-        s = services.get(key)
+    names = {"bare": "bare aiohttp", "gateway": "gateway",
+             "uncoalesced": "gateway without coalescing"}
+    for key in sorted(services, key=lambda k: (list(names).index(k.rsplit("_", 1)[0]), k)):
+        label, _, count = key.rpartition("_")
+        s = services[key]
+        label = f"{names[label]}, {count[:-1]} process{'es' if count != '1p' else ''}"
         if s:
             rows.append(f"| {label} | {_fmt(s['accepted_per_s'])} | {_fmt(s['p50_ms'], 1)} | "
                         f"{_fmt(s['p99_ms'], 1)} | {_fmt(s['wrk_cores'], 2)} |")
     naive = _get(results, "naive", "summary") or {}
-    for key, label in (("naive", "naive INSERT per request, 2 processes"),
-                       ("gateway", "gateway + writer, 2 processes")):
+    n = _get(results, "ceiling", "summary", "processes") or _get(
+        results, "environment", "config", "processes")
+    for key, label in (("naive", f"naive INSERT per request, {n} processes"),
+                       ("gateway", f"gateway + writer, {n} processes")):
         s = naive.get(key)
         if s:
             rows.append(f"| {label} | {_fmt(s['accepted_per_s'])} | {_fmt(s['p50_ms'], 1)} | "

@@ -28,6 +28,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchm
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness, report  # noqa: E402
+from benchmarks.harness import say  # noqa: E402
 from benchmarks.bodies import write_templates  # noqa: E402
 from benchmarks.session import BenchConfig, Session  # noqa: E402
 from benchmarks.stack import Stack  # noqa: E402
@@ -40,8 +41,8 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("quick" if quick else "")
     return BenchConfig(
         quick=quick,
-        duration_s=args.duration or (2.0 if quick else 8.0),
-        warmup_s=1.0 if quick else 2.0,
+        duration_s=args.duration or (1.0 if quick else 8.0),
+        warmup_s=0.0 if quick else 2.0,
         stall_duration_s=3.0 if quick else 12.0,
         connections=args.connections,
         sweep=(args.connections,) if quick else (16, args.connections, 256),
@@ -49,8 +50,11 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         stall_kinds=("lock",) if quick else ("lock", "pause"),
         wrk_threads=args.threads,
         redis_versions=() if quick else tuple(args.redis_versions.split(",")),
-        loop_seconds=0.5 if quick else 3.0,
+        loop_seconds=0.3 if quick else 3.0,
         writer_configs=((1, 500),) if quick else ((1, 500), (1, 2000), (2, 500)),
+        processes=1 if quick else 2,
+        scaling=not quick,
+        drain_entries=1_000 if quick else 60_000,
         out_dir=out.resolve(),
         data_dir=Path(args.data_dir).resolve(),
         only=frozenset(args.only.split(",")) if args.only else frozenset(),
@@ -85,7 +89,7 @@ def main(argv: list[str]) -> int:
     started = time.time()
     results: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "quick": cfg.quick}
-    print(f"bench: starting private Redis and PostgreSQL under {cfg.data_dir}", flush=True)
+    say(f"starting private Redis and PostgreSQL under {cfg.data_dir}")
     stack = Stack.start(cfg.data_dir)
     session = Session(cfg, stack, wrk, write_templates(cfg.out_dir / "templates.txt"),
                       cfg.out_dir / "logs")
@@ -114,9 +118,9 @@ def main(argv: list[str]) -> int:
     paths = report.write(results, cfg.out_dir)
     print(report.markdown_table(results))
     for path in paths:
-        print(f"bench: wrote {path}")
+        say(f"wrote {path}")
     if failed:
-        print(f"bench: sections failed: {', '.join(failed)}", file=sys.stderr)
+        say(f"sections failed: {', '.join(failed)}")
         return 1
     return 0
 

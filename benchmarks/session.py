@@ -35,6 +35,9 @@ class BenchConfig:
     redis_versions: tuple[str, ...]
     loop_seconds: float
     writer_configs: tuple[tuple[int, int], ...]  # (processes, batch)
+    processes: int  # processes per service (SO_REUSEPORT)
+    scaling: bool  # also run 1-process groups (1 vs N processes)
+    drain_entries: int
     out_dir: Path
     data_dir: Path
     only: frozenset[str] = frozenset()
@@ -68,15 +71,24 @@ class Session:
             REDIS_URL=self.stack.redis.url, DATABASE_URL=database_url,
             GATEWAY_KEY_PREFIX=prefix, GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port),
             GATEWAY_WORKERS="1", GATEWAY_LOG_LEVEL="WARNING",
+            # Nothing is in flight when the benchmark stops a service.
+            GATEWAY_SHUTDOWN_GRACE_S="2",
         )
         env.update(extra)
         return env
 
     def _start(self, name: str, argv: list[str], count: int, port: int,
                env: Mapping[str, str], listen: bool = True) -> Group:
+        """Spawn a group without waiting: start several, then :meth:`ready` them all."""
         group = harness.start_group(name, argv, count, port, env, self.log_dir, listen=listen)
         self.groups.append(group)
         return group
+
+    def ready(self, *groups: Group) -> None:
+        started = time.monotonic()
+        harness.wait_ready(groups)
+        names = ", ".join(g.name for g in groups)
+        harness.say(f"ready    {names} ({time.monotonic() - started:.1f}s)")
 
     def start_bare(self, count: int) -> Group:
         port = free_port()
@@ -109,14 +121,15 @@ class Session:
         return self._start(f"writer-{processes}x{batch or 'default'}", argv, processes, 0, env,
                            listen=False)
 
-    def stop(self, group: Group) -> None:
-        group.stop()
-        if group in self.groups:
-            self.groups.remove(group)
+    def stop(self, *groups: Group) -> None:
+        """SIGTERM every process of these groups at once, then wait for them."""
+        harness.stop_groups(groups)
+        for group in groups:
+            if group in self.groups:
+                self.groups.remove(group)
 
     def stop_all(self) -> None:
-        for group in list(self.groups):
-            self.stop(group)
+        self.stop(*self.groups)
 
     # -- load -------------------------------------------------------------------------
     def load(self, group: Group, *, connections: int | None = None,
@@ -125,7 +138,7 @@ class Session:
         """A measured wrk run against ``group`` (warmed up once, on first use)."""
         cfg = self.config
         conns = connections or cfg.connections
-        if id(group) not in self._warm:
+        if id(group) not in self._warm and cfg.warmup_s > 0:
             self._warm.add(id(group))
             self._wrk(group, conns, cfg.warmup_s, None, {})
         targets: dict[str, list[int]] = {
