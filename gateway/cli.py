@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "gateway.dlq",  # dlq list|show|replay|drop
     "gateway.auth",  # token
     "gateway.chaos",  # chaos
+    "gateway.capacity",  # capacity
 )
 
 
