@@ -8,8 +8,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 
 NAIVE, GATEWAY, OTHER, CEILING = "#c0392b", "#2471a3", "#7f8c8d", "#27ae60"
 

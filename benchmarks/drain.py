@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, date, datetime
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import asyncpg
 import orjson
@@ -50,7 +51,9 @@ def read_entries(session: Session, prefix: str, limit: int) -> list[tuple[bytes,
     entries: list[tuple[bytes, dict[bytes, bytes]]] = []
     start = "-"
     while len(entries) < limit:
-        chunk = client.xrange(key, min=start, max="+", count=min(10_000, limit - len(entries)))
+        chunk = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                     client.xrange(key, min=start, max="+",
+                                   count=min(10_000, limit - len(entries))))
         if not chunk:
             break
         entries.extend(chunk)
@@ -109,10 +112,10 @@ def refill(session: Session, prefix: str, entries: list[tuple[bytes, dict[bytes,
     key = Settings(key_prefix=prefix).stream_key(0)
     pipe = client.pipeline(transaction=False)
     for n, (eid, fields) in enumerate(entries, 1):
-        pipe.xadd(key, fields, id=eid)
+        pipe.xadd(key, dict(fields), id=eid)  # type: ignore[arg-type]
         if n % 5000 == 0:
-            pipe.execute()
-    pipe.execute()
+            pipe.execute()  # type: ignore[no-untyped-call]
+    pipe.execute()  # type: ignore[no-untyped-call]
 
 
 def drain_once(session: Session, entries: list[tuple[bytes, dict[bytes, bytes]]],
@@ -193,8 +196,9 @@ def run(session: Session) -> dict[str, Any]:
     raw_db = stack.fresh_database("bench_raw")
     default_batch = Settings().writer_batch
     say("drain    raw COPY of the same rows")
-    raw = {mode: run_async(lambda m=mode: _raw(raw_db, rows, m, default_batch))
-           for mode in ("staged_bulk", "staged_batches", "direct_copy")}
+    raw: dict[str, float] = {}
+    for mode in ("staged_bulk", "staged_batches", "direct_copy"):
+        raw[mode] = run_async(partial(_raw, raw_db, rows, mode, default_batch))
     stack.forget_prefix(ceiling.PREFIX_MAIN)
     first = writers[0]
     return {

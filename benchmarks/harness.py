@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -51,10 +50,14 @@ def ensure_wrk() -> str:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         say("wrk not found; installing Debian's wrk package")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        quiet = {"stdout": subprocess.DEVNULL, "env": env, "check": False}
-        if subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], **quiet).returncode:
-            subprocess.run(["apt-get", "update", "-qq"], **quiet)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], **quiet)
+
+        def apt(*args: str) -> int:
+            return subprocess.run(["apt-get", *args], stdout=subprocess.DEVNULL, env=env,
+                                  check=False).returncode
+
+        if apt("install", "-y", "-qq", "wrk"):
+            apt("update", "-qq")  # a fresh container has no package lists yet
+            apt("install", "-y", "-qq", "wrk")
         found = shutil.which("wrk")
         if found:
             return found
@@ -251,7 +254,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def http_get_json(url: str, timeout_s: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
         return json.loads(resp.read())
 
 

@@ -186,7 +186,8 @@ def summarise(sweep: list[dict[str, Any]], stalls: list[dict[str, Any]],
         "connections": connections,
         "naive": _brief(naive), "gateway": _brief(gateway),
         "throughput_ratio_equal_concurrency": ratio(
-            gateway and gateway["accepted_per_s"], naive and naive["accepted_per_s"]),
+            gateway["accepted_per_s"] if gateway else None,
+            naive["accepted_per_s"] if naive else None),
         "throughput_ratio_at_naive_p99": equal_p99,
         "stalls": {},
     }
@@ -195,8 +196,8 @@ def summarise(sweep: list[dict[str, Any]], stalls: list[dict[str, Any]],
         base = baseline.get(row["service"])
         non_accepted = sum(int(v) for k, v in row["statuses"].items() if k != "202")
         out["stalls"].setdefault(row["stall"]["kind"], {})[row["service"]] = {
-            **_brief(row),
-            "p99_vs_baseline": ratio(row["p99_ms"], base and base["p99_ms"]),
+            **(_brief(row) or {}),
+            "p99_vs_baseline": ratio(row["p99_ms"], base["p99_ms"] if base else None),
             "non_202_answers": non_accepted,
             "socket_errors": row["socket_errors"],
             "min_accepted_in_a_second": min(

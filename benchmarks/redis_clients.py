@@ -53,7 +53,7 @@ async def _loop(url: str, seconds: float, prefix: str) -> dict[str, Any]:
         nonlocal counter
         counter += 1
         return (f"{prefix}dedupe:{{0}}:{counter:032x}",
-                ["fp%022d" % counter, "ph%014d" % counter, "", f"tok{counter:07d}",
+                [f"fp{counter:022d}", f"ph{counter:014d}", "", f"tok{counter:07d}",
                  "2021-07-08T08:00:00.000+00:00", PAYLOAD])
 
     async def timed(worker: Any, workers: int) -> float:

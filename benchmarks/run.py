@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import harness, report  # noqa: E402
-from benchmarks.harness import say  # noqa: E402
-from benchmarks.bodies import write_templates  # noqa: E402
-from benchmarks.session import BenchConfig, Session  # noqa: E402
-from benchmarks.stack import Stack  # noqa: E402
+from benchmarks import harness, report
+from benchmarks.bodies import write_templates
+from benchmarks.harness import say
+from benchmarks.session import BenchConfig, Session
+from benchmarks.stack import Stack
 
 SECTIONS = ("ceiling", "naive", "drain", "clients", "profile")
 

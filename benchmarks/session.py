@@ -3,6 +3,7 @@ the load runs against them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from benchmarks import harness
 from benchmarks.bodies import Templates
@@ -65,7 +66,7 @@ class Session:
         return env
 
     def gateway_env(self, prefix: str, database_url: str, port: int = 0,
-                    **extra: str) -> dict[str, str]:
+                    extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = self.base_env()
         env.update(
             REDIS_URL=self.stack.redis.url, DATABASE_URL=database_url,
@@ -74,7 +75,7 @@ class Session:
             # Nothing is in flight when the benchmark stops a service.
             GATEWAY_SHUTDOWN_GRACE_S="2",
         )
-        env.update(extra)
+        env.update(extra or {})
         return env
 
     def _start(self, name: str, argv: list[str], count: int, port: int,
@@ -116,7 +117,7 @@ class Session:
     def start_writer(self, prefix: str, database_url: str, processes: int = 1,
                      batch: int | None = None) -> Group:
         extra = {"GATEWAY_WRITER_BATCH": str(batch)} if batch else {}
-        env = self.gateway_env(prefix, database_url, **extra)
+        env = self.gateway_env(prefix, database_url, extra=extra)
         argv = [sys.executable, "-m", "gateway", "writer"]
         return self._start(f"writer-{processes}x{batch or 'default'}", argv, processes, 0, env,
                            listen=False)
@@ -187,13 +188,11 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(Exception):  # a missed sample fails no benchmark
                 self.samples.append((round(time.time(), 2), self._probe()))
-            except Exception:  # noqa: BLE001 - a missed sample is not a failed benchmark
-                pass
             self._stop.wait(self._interval)
 
-    def __enter__(self) -> Sampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -15,10 +15,10 @@ import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
-import redis
+import redis as redis_py
 
 from gateway import devstack
 from gateway.devstack import Service
@@ -135,16 +135,16 @@ class Stack:
             finally:
                 await conn.close()
 
-        info: dict[str, Any] = self.client().info("server")
+        info = cast(dict[str, Any], self.client().info("server"))
         return {"redis_server": str(info.get("redis_version")), "postgres_server": run_async(go)}
 
     # -- Redis ------------------------------------------------------------------------
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis.url)
+    def client(self) -> redis_py.Redis:
+        return redis_py.Redis.from_url(self.redis.url)
 
     def command_calls(self) -> dict[str, int]:
         """Calls per command since start (INFO commandstats)."""
-        stats: dict[str, Any] = self.client().info("commandstats")
+        stats = cast(dict[str, Any], self.client().info("commandstats"))
         return {
             name.removeprefix("cmdstat_"): int(value["calls"])
             for name, value in stats.items()
@@ -153,7 +153,8 @@ class Stack:
 
     def stream_length(self, prefix: str) -> int:
         client = self.client()
-        return sum(int(client.xlen(key)) for key in Settings(key_prefix=prefix).stream_keys())
+        keys = Settings(key_prefix=prefix).stream_keys()
+        return sum(int(cast(int, client.xlen(key))) for key in keys)
 
     def forget_prefix(self, prefix: str) -> None:
         client = self.client()
