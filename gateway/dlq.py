@@ -70,6 +70,22 @@ class DeadLetters:
             row = await conn.fetchrow(Q["get_dead_letter"], letter_id)
         return dict(row) if row is not None else None
 
+    async def first_arrival(self, row: dict[str, Any]) -> str:
+        """When the person first submitted: the entry id of the first letter in a chain
+        of replays (a replay that failed again is a new letter whose registration id is
+        the previous letter's ``replayed_as``)."""
+        entry_id = str(row["entry_id"])
+        rid = row["registration_id"]
+        async with self.store.connection() as conn:
+            for _ in range(20):
+                if rid is None:
+                    break
+                earlier = await conn.fetchrow(Q["dead_letter_replayed_as"], rid)
+                if earlier is None:
+                    break
+                entry_id, rid = str(earlier["entry_id"]), earlier["registration_id"]
+        return _arrival(entry_id)
+
     async def held_ids(self, reason: str | None) -> list[int]:
         async with self.store.connection() as conn:
             return [int(r[0]) for r in await conn.fetch(Q["held_dead_letter_ids"], reason)]
@@ -174,7 +190,7 @@ async def replay(
             # between the append and the update below) is a replay, not a second person.
             result = await appender.append(
                 registration, idempotency_key=f"dead-letter:{letter_id}",
-                received_at=_arrival(str(row["entry_id"])),
+                received_at=await letters.first_arrival(row),
             )
             if result.outcome in (APPENDED, REPLAYED):
                 outcome = "replayed" if result.outcome == APPENDED else "already_queued"

@@ -227,7 +227,10 @@ async def run_status(settings: Settings, *, watch: bool, interval: float, as_jso
     redis = client(settings, timeout_s=3.0)
     store = None
     try:
-        store = Store(await connect_pool(settings.with_changes(pg_pool_max=1), attempts=1))
+        # No connection floor: the pool connects on use, so --watch recovers when the
+        # database comes back and nothing retries (and logs) behind the screen.
+        pool = await connect_pool(settings.with_changes(pg_pool_max=1), min_size=0, attempts=1)
+        store = Store(pool)
     except DependencyUnavailable:
         pass
     letters: Any = DeadLetters(store) if store is not None else _NoDatabase()

@@ -4,6 +4,7 @@ fixed record ends as exactly one row."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -159,3 +160,25 @@ async def test_drop_resolves_a_letter_and_list_filters_by_state(
     rows = orjson.loads(listed.stdout)
     assert [(r["id"], r["state"]) for r in rows] == [(letter_id, "dropped")]
     assert cli(settings, tmp_path, "dlq", "drop", str(letter_id)).returncode == 1
+
+
+async def test_a_record_replayed_before_its_fix_keeps_its_first_arrival_time(
+    settings: Settings, pg: asyncpg.Connection, redis: Any
+) -> None:
+    """Replaying before the cause is fixed makes a new letter; the final replay still
+    queues the person at the time they first submitted, not at the replay."""
+    victim_id, victim = await _poison_one(settings, pg, redis, count=3)
+    first_ms = int(victim_id.split("-")[1])
+    first = await pg.fetchval("SELECT id FROM dead_letters")
+    await asyncio.sleep(0.05)
+    assert [r.outcome for r in await dlq.replay(settings, [first])] == ["replayed"]
+    await _drain(settings, pg, redis)  # dead-lettered again: the constraint is still there
+    second = await pg.fetchval("SELECT id FROM dead_letters WHERE state = 'held'")
+    assert second is not None and second != first
+    await pg.execute("ALTER TABLE registrations DROP CONSTRAINT poison")
+    assert [r.outcome for r in await dlq.replay(settings, [second])] == ["replayed"]
+    await _drain(settings, pg, redis)
+    received = await pg.fetchval(
+        "SELECT received_at FROM registrations WHERE identity_key = $1", victim["identity_key"]
+    )
+    assert int(received.timestamp() * 1000) == first_ms

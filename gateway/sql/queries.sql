@@ -84,3 +84,6 @@ UPDATE dead_letters
 SET state = $2, resolved_at = now(), replayed_as = $3, note = $4
 WHERE id = $1 AND state = 'held'
 RETURNING id;
+
+-- name: dead_letter_replayed_as
+SELECT entry_id, registration_id FROM dead_letters WHERE replayed_as = $1 LIMIT 1;

@@ -4,8 +4,11 @@
 "use strict";
 
 (function (global) {
-  function niceStep(range, ticks) {
+  const DURATION_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400];
+
+  function niceStep(range, ticks, unit) {
     const raw = range / Math.max(ticks, 1);
+    if (unit === "s") return DURATION_STEPS.find((step) => step >= raw) || Math.ceil(raw / 3600) * 3600;
     const power = Math.pow(10, Math.floor(Math.log10(raw)));
     const scaled = raw / power;
     const nice = scaled <= 1 ? 1 : scaled <= 2 ? 2 : scaled <= 5 ? 5 : 10;
@@ -14,9 +17,10 @@
 
   function formatValue(value, unit) {
     if (unit === "s") {
-      if (value >= 3600) return (value / 3600).toFixed(1) + "h";
-      if (value >= 90) return (value / 60).toFixed(value >= 600 ? 0 : 1) + "m";
-      return (value >= 10 ? value.toFixed(0) : value.toFixed(1)) + "s";
+      const trim = (n) => String(Number(n.toFixed(1)));
+      if (value >= 7200) return trim(value / 3600) + "h";
+      if (value >= 120) return trim(value / 60) + "m";
+      return trim(value) + "s";
     }
     if (value >= 1e6) return (value / 1e6).toFixed(1) + "M";
     if (value >= 1e4) return (value / 1e3).toFixed(0) + "k";
@@ -56,7 +60,7 @@
     if (options.threshold && options.threshold.value > vMax && options.threshold.value < vMax * 3) {
       vMax = options.threshold.value;
     }
-    const step = niceStep(vMax > 0 ? vMax : 1, 4);
+    const step = niceStep(vMax > 0 ? vMax : 1, 4, options.unit);
     const yTop = Math.max(step * Math.ceil((vMax > 0 ? vMax : 1) / step), step);
     const x = (t) => pad.left + ((t - tMin) / (tMax - tMin)) * w;
     const y = (v) => pad.top + h - (v / yTop) * h;
