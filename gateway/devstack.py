@@ -300,7 +300,7 @@ def _wait_gone(pids: Sequence[int], timeout: float) -> None:
         time.sleep(0.05)
 
 
-def _die_with_parent(sig: int) -> Callable[[], None] | None:
+def die_with_parent(sig: int) -> Callable[[], None] | None:
     """A preexec hook asking Linux to send ``sig`` to the server when we die.
 
     The kernel ties this to the thread that forked, so it is only safe from the main
@@ -341,7 +341,7 @@ def _spawn(
         env=_server_env(user),
         cwd=cwd,
         process_group=0,
-        preexec_fn=_die_with_parent(stop_signal),  # noqa: PLW1509 (main thread only)
+        preexec_fn=die_with_parent(stop_signal),  # noqa: PLW1509 (main thread only)
         user=user.pw_uid if user else None,
         group=user.pw_gid if user else None,
         extra_groups=[] if user else None,

@@ -116,11 +116,29 @@ def cmd_writer(args: argparse.Namespace) -> int:
     return _supervise([(writer_one, settings)] * processes, "writer", settings)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _supervised(fn: Any, settings: Settings, parent: int) -> None:
+    """A supervised process: it must not outlive a supervisor that was killed outright."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        return
+    fn(settings)
+
+
 def _supervise(targets: list[tuple[Any, Settings]], label: str, settings: Settings) -> int:
     """Run each target in its own process; stop all when one dies or on a signal."""
     metrics_dir, made_dir = _metrics_dir(label)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=fn, args=(cfg,), name=f"{label}-{i}") for i, (fn, cfg) in enumerate(targets)]
+    parent = os.getpid()
+    procs = [
+        ctx.Process(target=_supervised, args=(fn, cfg, parent), name=f"{label}-{i}")
+        for i, (fn, cfg) in enumerate(targets)
+    ]
     for proc in procs:
         proc.start()
     if label == "gateway":
@@ -252,13 +270,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_root, ignore_errors=True)
         for group in ("gateway", "writer"):
             (metrics_root / group).mkdir(parents=True)
+        # If this command is killed outright, its children must not outlive it.
+        orphan_guard = devstack.die_with_parent(signal.SIGTERM)
         children.append(subprocess.Popen(
             [*cmd, "serve", "--workers", workers],
             env=dict(env, PROMETHEUS_MULTIPROC_DIR=str(metrics_root / "gateway")),
+            preexec_fn=orphan_guard,  # noqa: PLW1509 (main thread)
         ))
         children.append(subprocess.Popen(
             [*cmd, "writer", "--processes", writers],
             env=dict(env, PROMETHEUS_MULTIPROC_DIR=str(metrics_root / "writer")),
+            preexec_fn=orphan_guard,  # noqa: PLW1509 (main thread)
         ))
         if not _wait_http(settings.host, settings.port, children):
             print("the gateway did not come up; see the log above", file=sys.stderr)
