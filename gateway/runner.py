@@ -190,7 +190,7 @@ def _release_metrics_dir(path: Path, made: bool, pids: list[int]) -> None:
     from prometheus_client.multiprocess import mark_process_dead
 
     for pid in pids:
-        mark_process_dead(pid, str(path))
+        mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
 
 
 # -- migrate / seed -----------------------------------------------------------------
