@@ -1,8 +1,8 @@
 """Locust's own virtual environment, ``.venv-locust``, kept apart from the gateway's.
 
-It holds Locust and this project installed with ``--no-deps`` plus the data generator's
-pure-data dependencies, so the Locust process can ``from gateway.datagen import
-Generator`` without aiohttp, redis or asyncpg. Created on first use and reinstalled only
+It holds Locust, matplotlib (for the report's plots) and this project installed with
+``--no-deps`` plus the data generator's pure-data dependencies, so the Locust process can
+``from gateway.datagen import Generator`` without aiohttp, redis or asyncpg. Created on first use and reinstalled only
 when the requirements below change (a stamp file records them).
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-locust"
-LOCUST_REQUIREMENTS = ("locust>=2.32,<3",)
+# matplotlib draws the report's plots (loadtests/plots.py runs here, not in .venv).
+LOCUST_REQUIREMENTS = ("locust>=2.32,<3", "matplotlib>=3.8")
 # What gateway.datagen needs at import time; vietnamadminunits only for its data files,
 # so without its geographic dependencies.
 DATA_REQUIREMENTS = ("vietnam-provinces>=2025.8.1", "phonenumbers>=8.13")

@@ -1,20 +1,17 @@
-"""The capacity report of one run: ``capacity.md``, ``capacity.json`` (the figures the
-``gateway capacity`` calculator reads) and two plots, ``load.png`` (throughput and
-p50/p99 latency over time) and ``backlog.png`` (backlog depth, commit rate and Redis
-memory over time). Plots need matplotlib (the ``loadtest`` extra); without it the
-Markdown says so and everything else is still written.
+"""The capacity report of one run: ``capacity.md`` with the verdict, the figures and the
+plots (drawn by :mod:`loadtests.plots`), and ``capacity.json``, whose figures the
+``gateway capacity`` calculator reads.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests.figures import Figures, Series, rolling_percentiles
+from loadtests.figures import Figures
 
 MB = 1024 * 1024
 
@@ -53,68 +50,6 @@ def breakpoint_checks(checks: list[Check], breakpoint: dict[str, Any] | None) ->
     kept = [c for c in checks if c.name not in ("p99 latency", "server-error rate")]
     measured = f"{step['rps']:,.0f} requests/s at {step['users']} users" if step else "none"
     return [Check("capacity measured", "a step within the objectives", measured, step is not None), *kept]
-
-
-def plot(run_dir: Path, s: Series, samples: Sequence[dict[str, float]], p99_objective: float,
-         load_end: float) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    x = list(range(s.seconds))
-    p50, p99 = rolling_percentiles(s)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, dpi=80)
-    top.plot(x, s.answered, label="answered requests/s", lw=1)
-    top.plot(x, s.accepted, label="registrations accepted (202)/s", lw=1)
-    top.plot(x, [a + b for a, b in zip(s.shed, s.errors, strict=True)], label="shed + server errors/s", lw=1)
-    top.set_ylabel("per second")
-    top.legend(loc="upper left", fontsize=8)
-    top.grid(alpha=0.3)
-    bottom.plot(x, p50, label="p50 (5 s window)", lw=1)
-    bottom.plot(x, p99, label="p99 (5 s window)", lw=1)
-    bottom.axhline(p99_objective, color="red", ls="--", lw=0.8, label="p99 objective")
-    bottom.set_ylabel("latency, ms")
-    bottom.set_xlabel("seconds since the first request")
-    bottom.set_yscale("log")
-    bottom.set_ylim(bottom=1)
-    bottom.legend(loc="upper left", fontsize=8)
-    bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "load.png")
-    plt.close(fig)
-    names = ["load.png"]
-    if samples:
-        t = [r["t"] - s.t0 for r in samples]
-        rate = [0.0] + [
-            max((b["drained"] - a["drained"]) / max(b["t"] - a["t"], 1e-6), 0.0)
-            for a, b in zip(samples, samples[1:], strict=False)
-        ]
-        smooth = [sum(rate[max(0, i - 4): i + 1]) / len(rate[max(0, i - 4): i + 1]) for i in range(len(rate))]
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, dpi=80)
-        top.plot(t, [r["backlog"] for r in samples], label="backlog (entries not yet committed)", lw=1.2)
-        top.set_ylabel("entries")
-        twin = top.twinx()
-        twin.plot(t, smooth, color="tab:green", lw=1, label="rows committed/s (5 s mean)")
-        twin.set_ylabel("rows/s")
-        top.axvline(load_end - s.t0, color="grey", ls=":", lw=1)
-        top.legend(loc="upper left", fontsize=8)
-        twin.legend(loc="upper right", fontsize=8)
-        top.grid(alpha=0.3)
-        bottom.plot(t, [r["used_memory"] / MB for r in samples], label="Redis used_memory", lw=1)
-        bottom.plot(t, [r["stream_bytes"] / MB for r in samples], label="intake streams", lw=1)
-        bottom.axvline(load_end - s.t0, color="grey", ls=":", lw=1, label="load stopped")
-        bottom.set_ylabel("MiB")
-        bottom.set_xlabel("seconds since the first request")
-        bottom.legend(loc="upper left", fontsize=8)
-        bottom.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run_dir / "backlog.png")
-        plt.close(fig)
-        names.append("backlog.png")
-    return names
 
 
 def _n(value: float | None, unit: str = "", digits: int = 0) -> str:
@@ -192,7 +127,7 @@ def markdown(meta: dict[str, Any], f: Figures, rec: dict[str, Any], checks: list
     for kind, counts in f.by_kind.items():
         lines.append(f"| {kind} | " + " | ".join(f"{counts.get(s, 0):,}" for s in statuses) + " |")
     lines += ["", "## Over time", ""]
-    lines += [f"![{name}]({name})" for name in plots] or ["(matplotlib is not installed: no plots)"]
+    lines += [f"![{name}]({name})" for name in plots] or ["(the plots could not be drawn: see the run's output)"]
     if breakpoint is not None:
         lines += ["", "## Breakpoint steps", "", "| step | users | requests/s | p50 ms | p99 ms | errors | Locust CPU | |",
                   "|---|---|---|---|---|---|---|---|"]

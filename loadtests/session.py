@@ -17,7 +17,8 @@ from typing import Any
 
 from loadtests import plan, report, sampler, stack
 from loadtests.answers import read_answers
-from loadtests.figures import compute, read_samples, series
+from loadtests.figures import compute, read_samples
+from loadtests.plots import draw as draw_plots
 
 PROGRESS_EVERY_S = 10.0
 LOCUST_MARGIN_S = 180.0
@@ -135,8 +136,7 @@ class Session:
         breakpoint = json.loads(bp_path.read_text()) if bp_path.exists() else None
         if self.args.shape == "breakpoint":
             checks = report.breakpoint_checks(checks, breakpoint)
-        s = series(answers)
-        plots = report.plot(self.out, s, samples, objectives.p99_ms, s.t0 + s.seconds)
+        plots = draw_plots(self.out, objectives.p99_ms)
         path = report.write(self.out, self.info, figures, rec, checks, plots, breakpoint)
         self.print_summary(figures, rec, checks, breakpoint, path)
         return 0 if all(c.passed for c in checks) else 1
