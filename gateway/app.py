@@ -146,7 +146,7 @@ async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     try:
         pool = await connect_pool(rt.settings.with_changes(pg_pool_max=2), attempts=1)
-        rt.store = Store(pool)
+        rt.store = Store(pool, rt.settings.pg_acquire_timeout_s)
     except DependencyUnavailable:
         log.warning("postgres unavailable at start; using the reference snapshot in redis")
         rt.store = None

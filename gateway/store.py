@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway import constants as c
 from gateway.exceptions import DataError, DependencyUnavailable
 from gateway.settings import Settings
 
@@ -152,13 +153,18 @@ class WriteOutcome:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, acquire_timeout_s: float = c.DEFAULT_PG_ACQUIRE_TIMEOUT_S
+    ) -> None:
         self.pool = pool
+        # create_pool's own timeout bounds connecting only; a caller waiting for a free
+        # connection needs its own bound.
+        self.acquire_timeout_s = acquire_timeout_s
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate_schema: bool = True) -> Store:
         pool = await connect_pool(settings)
-        store = cls(pool)
+        store = cls(pool, settings.pg_acquire_timeout_s)
         if migrate_schema:
             async with store.connection() as conn:
                 await migrate(conn)
@@ -170,7 +176,7 @@ class Store:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         try:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
                 yield conn
         except (DataError, DependencyUnavailable):
             raise
