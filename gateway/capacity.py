@@ -74,13 +74,21 @@ def load_measured(path: Path) -> Measured:
         return float(value) if isinstance(value, int | float) and value > 0 else fallback
 
     return Measured(
-        gateway_cpu_s_per_request=pick(per_request.get("gateway"), REFERENCE.gateway_cpu_s_per_request),
+        gateway_cpu_s_per_request=pick(
+            per_request.get("gateway"), REFERENCE.gateway_cpu_s_per_request
+        ),
         redis_cpu_s_per_request=pick(per_request.get("redis"), REFERENCE.redis_cpu_s_per_request),
         writer_cpu_s_per_row=pick(per_row.get("writer"), REFERENCE.writer_cpu_s_per_row),
         postgres_cpu_s_per_row=pick(per_row.get("postgres"), REFERENCE.postgres_cpu_s_per_row),
-        stream_bytes_per_entry=pick(figures.get("stream_bytes_per_entry"), REFERENCE.stream_bytes_per_entry),
-        dedupe_bytes_per_person=pick(figures.get("dedupe_bytes_per_person"), REFERENCE.dedupe_bytes_per_person),
-        new_share=pick(figures.get("accepted", 0) / requests if requests else 0, REFERENCE.new_share),
+        stream_bytes_per_entry=pick(
+            figures.get("stream_bytes_per_entry"), REFERENCE.stream_bytes_per_entry
+        ),
+        dedupe_bytes_per_person=pick(
+            figures.get("dedupe_bytes_per_person"), REFERENCE.dedupe_bytes_per_person
+        ),
+        new_share=pick(
+            figures.get("accepted", 0) / requests if requests else 0, REFERENCE.new_share
+        ),
         source=str(path),
     )
 
@@ -161,48 +169,78 @@ def plan(target: Target, measured: Measured) -> Plan:
 
 
 def render(target: Target, measured: Measured, result: Plan) -> str:
-    hours = result.time_to_drain_s / 3600
-    lines = [
-        f"Target: {target.peak_rps:,.0f} requests/s for {target.hours:g} h "
-        f"({result.registrations_per_s:,.0f} new registrations/s, "
-        f"{result.registrations_total:,} in all); processes at {target.utilisation:.0%} of a core.",
-        f"Figures: {measured.source}.",
-        "",
-        f"  gateway processes   {result.gateway_processes:>8,}   "
-        f"({result.gateway_requests_per_s_per_process:,.0f} requests/s each)",
-        f"  writer processes    {result.writer_processes:>8,}   "
-        f"({result.writer_rows_per_s_per_process:,.0f} rows/s each, flat out)",
-        f"  PostgreSQL cores    {result.postgres_cores:>8,}",
-        f"  Redis shards        {result.redis_shards:>8,}   "
-        f"({result.redis_shards_for_cpu} for CPU, {result.redis_shards_for_memory} for memory "
-        f"at {target.redis_shard_gib:g} GiB a shard)",
-        f"  Redis memory        {result.redis_memory_gib:>8,.1f} GiB "
-        f"(dedupe keys {result.dedupe_memory_gib:,.1f} GiB, backlog {result.backlog_memory_gib:,.1f} GiB)",
-        f"  peak backlog        {result.peak_backlog:>8,}   entries",
-        f"  drain rate          {result.drain_rate_per_s:>8,.0f}   rows/s",
-        f"  time to drain       {result.time_to_drain_s:>8,.0f} s  ({hours:,.1f} h after the peak ends)",
+    r = result
+    rows = [
+        (
+            "gateway processes",
+            f"{r.gateway_processes:,}",
+            f"{r.gateway_requests_per_s_per_process:,.0f} requests/s each",
+        ),
+        (
+            "writer processes",
+            f"{r.writer_processes:,}",
+            f"{r.writer_rows_per_s_per_process:,.0f} rows/s each, flat out",
+        ),
+        ("PostgreSQL cores", f"{r.postgres_cores:,}", "for the rows committed"),
+        (
+            "Redis shards",
+            f"{r.redis_shards:,}",
+            (
+                f"{r.redis_shards_for_cpu} for CPU, {r.redis_shards_for_memory} for memory"
+                f" at {target.redis_shard_gib:g} GiB a shard"
+            ),
+        ),
+        (
+            "Redis memory",
+            f"{r.redis_memory_gib:,.1f} GiB",
+            f"dedupe keys {r.dedupe_memory_gib:,.1f} GiB, backlog {r.backlog_memory_gib:,.1f} GiB",
+        ),
+        ("peak backlog", f"{r.peak_backlog:,}", "entries"),
+        ("drain rate", f"{r.drain_rate_per_s:,.0f}", "rows/s"),
+        (
+            "time to drain",
+            f"{r.time_to_drain_s:,.0f} s",
+            f"{r.time_to_drain_s / 3600:,.1f} h after the peak ends",
+        ),
     ]
-    return "\n".join(lines)
+    head = (
+        f"Target: {target.peak_rps:,.0f} requests/s for {target.hours:g} h"
+        f" ({r.registrations_per_s:,.0f} new registrations/s, {r.registrations_total:,} in all);"
+        f" processes at {target.utilisation:.0%} of a core.\nFigures: {measured.source}.\n"
+    )
+    return head + "\n".join(f"  {name:<18} {value:>12}   ({note})" for name, value, note in rows)
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
     measured = load_measured(Path(args.measured)) if args.measured else REFERENCE
     overrides = {
         name: getattr(args, name)
-        for name in ("gateway_cpu_s_per_request", "writer_cpu_s_per_row",
-                     "stream_bytes_per_entry", "dedupe_bytes_per_person", "new_share")
+        for name in (
+            "gateway_cpu_s_per_request",
+            "writer_cpu_s_per_row",
+            "stream_bytes_per_entry",
+            "dedupe_bytes_per_person",
+            "new_share",
+        )
         if getattr(args, name) is not None
     }
     if overrides:
         measured = replace(measured, **overrides, source=f"{measured.source}, with overrides")
     target = Target(
-        peak_rps=args.peak_rps, hours=args.hours, utilisation=args.utilisation,
-        writers=args.writers, redis_shard_gib=args.redis_shard_gib,
+        peak_rps=args.peak_rps,
+        hours=args.hours,
+        utilisation=args.utilisation,
+        writers=args.writers,
+        redis_shard_gib=args.redis_shard_gib,
     )
     result = plan(target, measured)
     if args.json:
-        print(json.dumps({"target": asdict(target), "measured": asdict(measured),
-                          "plan": result.as_dict()}, indent=1))
+        print(
+            json.dumps(
+                {"target": asdict(target), "measured": asdict(measured), "plan": result.as_dict()},
+                indent=1,
+            )
+        )
     else:
         print(render(target, measured, result))
     return 0
@@ -212,10 +250,14 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("capacity", help="processes, Redis memory and drain time for a target surge")
     p.add_argument("--peak-rps", type=float, required=True, help="requests per second at the peak")
     p.add_argument("--hours", type=float, required=True, help="how long the peak lasts")
-    p.add_argument("--measured", help="capacity.json of a load-test run (default: reference figures)")
+    p.add_argument(
+        "--measured", help="capacity.json of a load-test run (default: reference figures)"
+    )
     p.add_argument("--utilisation", type=float, default=0.6, help="target CPU share per process")
     p.add_argument("--writers", type=int, default=0, help="fixed writer count (default: keep up)")
-    p.add_argument("--redis-shard-gib", type=float, default=25.0, help="usable memory per Redis shard")
+    p.add_argument(
+        "--redis-shard-gib", type=float, default=25.0, help="usable memory per Redis shard"
+    )
     p.add_argument("--gateway-cpu-s-per-request", type=float, help="override a measured figure")
     p.add_argument("--writer-cpu-s-per-row", type=float, help="override a measured figure")
     p.add_argument("--stream-bytes-per-entry", type=float, help="override a measured figure")

@@ -55,17 +55,32 @@ class Answer:
 
     def line(self) -> str:
         return json.dumps(
-            {"t": round(self.t, 4), "ms": round(self.ms, 2), "s": self.s, "rid": self.rid,
-             "p": self.p, "k": self.k, "c": self.c, "a": self.a, "f": self.f},
+            {
+                "t": round(self.t, 4),
+                "ms": round(self.ms, 2),
+                "s": self.s,
+                "rid": self.rid,
+                "p": self.p,
+                "k": self.k,
+                "c": self.c,
+                "a": self.a,
+                "f": self.f,
+            },
             separators=(",", ":"),
         )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Answer:
         return cls(
-            float(data["t"]), float(data["ms"]), int(data["s"]), str(data.get("rid") or ""),
-            str(data.get("p") or ""), str(data.get("k") or ""), str(data.get("c") or ""),
-            int(data.get("a") or 1), str(data.get("f") or ""),
+            float(data["t"]),
+            float(data["ms"]),
+            int(data["s"]),
+            str(data.get("rid") or ""),
+            str(data.get("p") or ""),
+            str(data.get("k") or ""),
+            str(data.get("c") or ""),
+            int(data.get("a") or 1),
+            str(data.get("f") or ""),
         )
 
 

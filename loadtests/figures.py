@@ -76,7 +76,7 @@ def _merge(hists: Sequence[dict[int, int]]) -> dict[int, int]:
 def rolling_percentiles(s: Series, width: int = 5) -> tuple[list[float], list[float]]:
     p50, p99 = [], []
     for i in range(s.seconds):
-        hist = _merge(s.latency[max(0, i - width + 1): i + 1])
+        hist = _merge(s.latency[max(0, i - width + 1) : i + 1])
         p50.append(percentile(hist, 0.5) if hist else math.nan)
         p99.append(percentile(hist, 0.99) if hist else math.nan)
     return p50, p99
@@ -85,7 +85,7 @@ def rolling_percentiles(s: Series, width: int = 5) -> tuple[list[float], list[fl
 def sustainable_rate(s: Series, objectives: Objectives) -> tuple[float, float]:
     """(registrations/s, requests/s) of the best 10 s window that met the objectives."""
     best = (0.0, 0.0)
-    for i in range(0, max(s.seconds - WINDOW_S + 1, 1)):
+    for i in range(max(s.seconds - WINDOW_S + 1, 1)):
         j = min(i + WINDOW_S, s.seconds)
         answered = sum(s.answered[i:j])
         if answered == 0:
@@ -136,8 +136,12 @@ class Figures:
 
 
 def compute(
-    answers: Sequence[Answer], samples: Sequence[dict[str, float]], objectives: Objectives,
-    *, dedupe_bytes: float | None = None, unexpected: int = 0,
+    answers: Sequence[Answer],
+    samples: Sequence[dict[str, float]],
+    objectives: Objectives,
+    *,
+    dedupe_bytes: float | None = None,
+    unexpected: int = 0,
 ) -> Figures:
     f = Figures(dedupe_bytes_per_person=dedupe_bytes)
     if not answers:
@@ -153,7 +157,9 @@ def compute(
     f.shed_rate = sum(s.shed) / f.requests
     f.unexpected_rate = unexpected / f.requests
     f.gave_up = sum(1 for a in answers if "gaveup" in a.f)
-    f.sustainable_registrations_per_s, f.sustainable_requests_per_s = sustainable_rate(s, objectives)
+    f.sustainable_registrations_per_s, f.sustainable_requests_per_s = sustainable_rate(
+        s, objectives
+    )
     kinds: dict[str, Counter[str]] = defaultdict(Counter)
     for a in answers:
         kinds[a.k][str(a.s)] += 1
@@ -186,12 +192,19 @@ def _from_samples(f: Figures, samples: Sequence[dict[str, float]], t0: float, t1
         answered = f.requests or 1
         rows = max(last["drained"] - first["drained"], 1.0)
         for role in ("gateway", "redis", "locust"):
-            f.cpu_s_per_request[role] = round((last[f"cpu_{role}"] - first[f"cpu_{role}"]) / answered, 7)
+            f.cpu_s_per_request[role] = round(
+                (last[f"cpu_{role}"] - first[f"cpu_{role}"]) / answered, 7
+            )
         for role in ("writer", "postgres"):
             f.cpu_s_per_row[role] = round((last[f"cpu_{role}"] - first[f"cpu_{role}"]) / rows, 7)
-        total = sum(last[f"cpu_{r}"] - first[f"cpu_{r}"] for r in ("gateway", "writer", "redis", "postgres", "locust"))
+        total = sum(
+            last[f"cpu_{r}"] - first[f"cpu_{r}"]
+            for r in ("gateway", "writer", "redis", "postgres", "locust")
+        )
         if total > 0:
-            f.load_generator_cpu_share = round((last["cpu_locust"] - first["cpu_locust"]) / total, 3)
+            f.load_generator_cpu_share = round(
+                (last["cpu_locust"] - first["cpu_locust"]) / total, 3
+            )
 
 
 def _best_rate(samples: Sequence[dict[str, float]], key: str, width_s: float) -> float:

@@ -49,9 +49,19 @@ def _say(message: str) -> None:
 
 def _pip(*args: str) -> None:
     done = subprocess.run(
-        [str(python()), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-         "-q", *args],
-        cwd=ROOT, stdin=subprocess.DEVNULL, check=False,
+        [
+            str(python()),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-q",
+            *args,
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
     if done.returncode != 0:
         raise SystemExit(f"loadtest: pip install {' '.join(args)} failed ({done.returncode})")

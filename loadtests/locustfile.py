@@ -38,9 +38,9 @@ from locust.runners import MasterRunner, WorkerRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.datagen import Generator, Submission  # noqa: E402
-from loadtests import shapes  # noqa: E402
-from loadtests.answers import Answer, AnswerFile, person_label  # noqa: E402
+from gateway.datagen import Generator, Submission
+from loadtests import shapes
+from loadtests.answers import Answer, AnswerFile, person_label
 
 ROUTE = "/v1/registrations"
 MAX_PROCESSES = 256  # generator streams: each Locust process issues disjoint documents
@@ -92,8 +92,11 @@ class Process:
             index = getattr(env.runner, "worker_index", 0) % MAX_PROCESSES
             seed = (opts.seed or int(time.time())) * 1000 + index
             self.generator = Generator(seed, stream=index, streams=MAX_PROCESSES).submissions(
-                10**12, retry_share=opts.retry_share, respell_share=opts.respell_share,
-                conflict_share=opts.conflict_share, invalid_share=opts.invalid_share,
+                10**12,
+                retry_share=opts.retry_share,
+                respell_share=opts.respell_share,
+                conflict_share=opts.conflict_share,
+                invalid_share=opts.invalid_share,
             )
         return self.generator
 
@@ -148,7 +151,11 @@ class _Person(FastHttpUser):
         label = person_label(sub.identity)
         # Judged strictly only when the original was accepted before this send.
         original_accepted = label in PROCESS.accepted
-        data = sub.body if isinstance(sub.body, bytes) else json.dumps(sub.body, ensure_ascii=False).encode()
+        data = (
+            sub.body
+            if isinstance(sub.body, bytes)
+            else json.dumps(sub.body, ensure_ascii=False).encode()
+        )
         headers = {"Content-Type": "application/json", "X-Channel": sub.channel}
         if sub.idempotency_key:
             headers["Idempotency-Key"] = sub.idempotency_key
@@ -161,17 +168,27 @@ class _Person(FastHttpUser):
             status, retry_after = self._send(sub, data, headers, label, expect, attempt, flags)
             if status not in (0, 429) and status < 500 or attempt == attempts:
                 return
-            pause = min(retry_after, opts.max_retry_after_s) if retry_after else random.uniform(1, 3)
+            pause = (
+                min(retry_after, opts.max_retry_after_s) if retry_after else random.uniform(1, 3)
+            )
             gevent.sleep(pause * random.uniform(0.8, 1.2))
 
     def _send(
-        self, sub: Submission, data: bytes, headers: dict[str, str], label: str, expect: Expect,
-        attempt: int, flags: str,
+        self,
+        sub: Submission,
+        data: bytes,
+        headers: dict[str, str],
+        label: str,
+        expect: Expect,
+        attempt: int,
+        flags: str,
     ) -> tuple[int, float]:
         name = f"POST {ROUTE} ({sub.kind})"
         started = time.time()
         clock = time.perf_counter()
-        with self.client.post(ROUTE, data=data, headers=headers, name=name, catch_response=True) as resp:
+        with self.client.post(
+            ROUTE, data=data, headers=headers, name=name, catch_response=True
+        ) as resp:
             elapsed_ms = (time.perf_counter() - clock) * 1000
             status = int(resp.status_code or 0)
             rid, retry_after, flag = "", 0.0, [flags]
@@ -196,8 +213,17 @@ class _Person(FastHttpUser):
                         flag.append("unexpected")
                 else:
                     resp.success()
-        answer = Answer(started, elapsed_ms, status, rid, label, sub.kind, sub.channel, attempt,
-                        ",".join(f for f in flag if f))
+        answer = Answer(
+            started,
+            elapsed_ms,
+            status,
+            rid,
+            label,
+            sub.kind,
+            sub.channel,
+            attempt,
+            ",".join(f for f in flag if f),
+        )
         PROCESS.record(self.environment, answer)
         return status, retry_after
 

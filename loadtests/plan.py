@@ -106,8 +106,11 @@ def breakpoint_steps(opts: PlanOptions) -> list[Stage]:
     a step once more to confirm a break, so that one noisy second does not end it)."""
     st = staircase(opts)
     return [
-        Stage(st.step_s * (i + 1), min(st.step_users * (i + 1), st.max_users),
-              max(st.step_users / 2.0, 1.0))
+        Stage(
+            st.step_s * (i + 1),
+            min(st.step_users * (i + 1), st.max_users),
+            max(st.step_users / 2.0, 1.0),
+        )
         for i in range(st.steps)
     ]
 
@@ -199,9 +202,19 @@ def judge_step(
     if error_rate > objectives.max_error_rate:
         broke.append(f"error rate {error_rate:.2%} > {objectives.max_error_rate:.2%}")
     return StepResult(
-        index=index, users=users, started_at=started, ended_at=ended, requests=requests,
-        errors=errors, rps=requests / seconds, p50_ms=percentile(histogram, 0.5), p99_ms=p99,
-        error_rate=error_rate, generator_cpu=generator_cpu, ok=not broke, broke=broke,
+        index=index,
+        users=users,
+        started_at=started,
+        ended_at=ended,
+        requests=requests,
+        errors=errors,
+        rps=requests / seconds,
+        p50_ms=percentile(histogram, 0.5),
+        p99_ms=p99,
+        error_rate=error_rate,
+        generator_cpu=generator_cpu,
+        ok=not broke,
+        broke=broke,
     )
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.answers import read_answers  # noqa: E402
-from loadtests.figures import Series, read_samples, rolling_percentiles, series  # noqa: E402
+from loadtests.answers import read_answers
+from loadtests.figures import Series, read_samples, rolling_percentiles, series
 
 MB = 1024 * 1024
 NAMES = ("load.png", "backlog.png")
@@ -29,9 +29,17 @@ def draw(run_dir: Path, p99_objective: float) -> list[str]:
     from loadtests import locustenv
 
     done = subprocess.run(
-        [str(locustenv.python()), str(Path(__file__).resolve()), str(run_dir),
-         "--p99-ms", str(p99_objective)],
-        capture_output=True, text=True, check=False, timeout=300,
+        [
+            str(locustenv.python()),
+            str(Path(__file__).resolve()),
+            str(run_dir),
+            "--p99-ms",
+            str(p99_objective),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     if done.returncode != 0:
         print(f"loadtest: plots not drawn: {done.stderr.strip()[-500:]}", file=sys.stderr)
@@ -73,10 +81,15 @@ def _backlog(run_dir: Path, s: Series, samples: Sequence[dict[str, float]]) -> N
         max((b["drained"] - a["drained"]) / max(b["t"] - a["t"], 1e-6), 0.0)
         for a, b in pairwise(samples)
     ]
-    smooth = [sum(rate[max(0, i - 4): i + 1]) / len(rate[max(0, i - 4): i + 1]) for i in range(len(rate))]
+    smooth = [
+        sum(rate[max(0, i - 4) : i + 1]) / len(rate[max(0, i - 4) : i + 1])
+        for i in range(len(rate))
+    ]
     stopped = s.seconds  # the last answer, in seconds since the first request
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, dpi=80)
-    top.plot(t, [r["backlog"] for r in samples], label="backlog (entries not yet committed)", lw=1.2)
+    top.plot(
+        t, [r["backlog"] for r in samples], label="backlog (entries not yet committed)", lw=1.2
+    )
     top.set_ylabel("entries")
     twin = top.twinx()
     twin.plot(t, smooth, color="tab:green", lw=1, label="rows committed/s (5 s mean)")

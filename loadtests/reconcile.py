@@ -30,7 +30,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.answers import Answer, person_label, read_answers  # noqa: E402
+from loadtests.answers import Answer, person_label, read_answers
 
 CHUNK = 5000
 
@@ -65,7 +65,7 @@ class Reconciliation:
 
 def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
     for start in range(0, len(items), CHUNK):
-        yield list(items[start:start + CHUNK])
+        yield list(items[start : start + CHUNK])
 
 
 async def reconcile(
@@ -92,12 +92,14 @@ async def reconcile(
         for chunk in _chunks(accepted):
             for row in await conn.fetch(
                 "SELECT registration_id, id_type, id_number FROM registrations"
-                " WHERE registration_id = ANY($1::text[])", chunk,
+                " WHERE registration_id = ANY($1::text[])",
+                chunk,
             ):
                 stored[row[0]] = person_label(f"{row[1]}:{row[2]}")
             for row in await conn.fetch(
                 "SELECT registration_id, reason FROM dead_letters"
-                " WHERE registration_id = ANY($1::text[])", chunk,
+                " WHERE registration_id = ANY($1::text[])",
+                chunk,
             ):
                 dead[row[0]] = row[1]
         window = since or datetime.fromtimestamp(0, UTC)

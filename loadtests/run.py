@@ -33,8 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests import locustenv, plan, stack  # noqa: E402
-from loadtests.session import Session  # noqa: E402
+from loadtests import locustenv, plan, stack
+from loadtests.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"peak_users": 40, "time_scale": 0.17, "step_s": 10.0, "soak_s": 60.0}
@@ -46,17 +46,25 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+        argv, extra = argv[:cut], argv[cut + 1 :]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_shape = os.environ.get("LOADTEST_SHAPE") or os.environ.get("SHAPE") or "surge"
     p.add_argument("--shape", choices=plan.SHAPE_NAMES, default=default_shape)
     p.add_argument("--short", action="store_true", help="tens of seconds, small numbers (CI)")
     p.add_argument("--url", help="use this gateway instead of starting a private stack")
-    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="with --url: for sampling")
-    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""), help="with --url: to reconcile")
+    p.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL", ""), help="with --url: for sampling"
+    )
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", ""),
+        help="with --url: to reconcile",
+    )
     p.add_argument("--key-prefix", default=os.environ.get("GATEWAY_KEY_PREFIX", ""))
     p.add_argument("--shards", type=int, default=int(os.environ.get("GATEWAY_SHARDS") or 1))
-    p.add_argument("--gateway-workers", type=int, default=2, help="private stack: gateway processes")
+    p.add_argument(
+        "--gateway-workers", type=int, default=2, help="private stack: gateway processes"
+    )
     p.add_argument("--writers", type=int, default=1, help="private stack: writer processes")
     p.add_argument("--peak-users", type=int)
     p.add_argument("--time-scale", type=float)
@@ -68,8 +76,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--p99-ms", type=float, default=plan.Objectives.p99_ms)
     p.add_argument("--max-error-rate", type=float, default=plan.Objectives.max_error_rate)
     p.add_argument("--max-unexpected-rate", type=float, default=plan.Objectives.max_unexpected_rate)
-    p.add_argument("--processes", type=int, default=1, help="Locust processes on this machine (-1: one per core)")
-    p.add_argument("--master", action="store_true", help="distributed: wait for remote Locust workers")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="Locust processes on this machine (-1: one per core)",
+    )
+    p.add_argument(
+        "--master", action="store_true", help="distributed: wait for remote Locust workers"
+    )
     p.add_argument("--expect-workers", type=int, default=1)
     p.add_argument("--master-bind-host", default="*")
     p.add_argument("--master-bind-port", type=int, default=5557)
@@ -93,31 +108,74 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def locust_command(args: argparse.Namespace, extra: list[str], url: str, out: Path) -> list[str]:
     cmd = [
-        str(locustenv.locust()), "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-        "--host", url, "--csv", str(out / "locust"), "--csv-full-history",
-        "--html", str(out / "locust.html"), "--exit-code-on-error", "0", "--stop-timeout", "3",
-        "--loglevel", "WARNING", "--answers-dir", str(out), "--load-shape", args.shape,
-        "--seed", str(args.seed or int(time.time())), "--peak-users", str(args.peak_users),
-        "--time-scale", str(args.time_scale), "--soak-s", str(args.soak_s),
-        "--step-users", str(args.step_users), "--step-s", str(args.step_s),
-        "--max-users", str(args.max_users), "--p99-ms", str(args.p99_ms),
-        "--max-error-rate", str(args.max_error_rate),
+        str(locustenv.locust()),
+        "-f",
+        str(ROOT / "loadtests" / "locustfile.py"),
+        "--headless",
+        "--host",
+        url,
+        "--csv",
+        str(out / "locust"),
+        "--csv-full-history",
+        "--html",
+        str(out / "locust.html"),
+        "--exit-code-on-error",
+        "0",
+        "--stop-timeout",
+        "3",
+        "--loglevel",
+        "WARNING",
+        "--answers-dir",
+        str(out),
+        "--load-shape",
+        args.shape,
+        "--seed",
+        str(args.seed or int(time.time())),
+        "--peak-users",
+        str(args.peak_users),
+        "--time-scale",
+        str(args.time_scale),
+        "--soak-s",
+        str(args.soak_s),
+        "--step-users",
+        str(args.step_users),
+        "--step-s",
+        str(args.step_s),
+        "--max-users",
+        str(args.max_users),
+        "--p99-ms",
+        str(args.p99_ms),
+        "--max-error-rate",
+        str(args.max_error_rate),
     ]
     if args.master:
-        cmd += ["--master", "--expect-workers", str(args.expect_workers),
-                "--master-bind-host", args.master_bind_host,
-                "--master-bind-port", str(args.master_bind_port)]
+        cmd += [
+            "--master",
+            "--expect-workers",
+            str(args.expect_workers),
+            "--master-bind-host",
+            args.master_bind_host,
+            "--master-bind-port",
+            str(args.master_bind_port),
+        ]
     elif args.processes != 1:
         cmd += ["--processes", str(args.processes)]
     return cmd + extra
 
 
 def meta(args: argparse.Namespace, started: datetime, the_stack: stack.Stack) -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True, check=False).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     if the_stack.private:
-        described = (f"private (Redis AOF everysec, PostgreSQL), {args.gateway_workers} gateway "
-                     f"process(es), {args.writers} writer process(es)")
+        described = (
+            f"private (Redis AOF everysec, PostgreSQL), {args.gateway_workers} gateway "
+            f"process(es), {args.writers} writer process(es)"
+        )
     else:
         described = f"external {the_stack.url}"
     load = f"shape {args.shape}, peak {args.peak_users} users, time scale {args.time_scale}"
@@ -135,10 +193,12 @@ def meta(args: argparse.Namespace, started: datetime, the_stack: stack.Stack) ->
         "writers": args.writers if the_stack.private else None,
         "load": load,
         "machine": f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
-                   f"load average {os.getloadavg()[0]:.1f} at the start (shared)",
+        f"load average {os.getloadavg()[0]:.1f} at the start (shared)",
         "objectives": plan.Objectives(
-            p99_ms=args.p99_ms, max_error_rate=args.max_error_rate,
-            max_unexpected_rate=args.max_unexpected_rate).as_dict(),
+            p99_ms=args.p99_ms,
+            max_error_rate=args.max_error_rate,
+            max_unexpected_rate=args.max_unexpected_rate,
+        ).as_dict(),
         "short": args.short,
     }
 
@@ -146,7 +206,9 @@ def meta(args: argparse.Namespace, started: datetime, the_stack: stack.Stack) ->
 def main(argv: list[str]) -> int:
     args, extra = parse(argv)
     started = datetime.now(UTC)
-    out = args.results_dir or ROOT / "loadtests" / "results" / f"{started:%Y%m%d-%H%M%S}-{args.shape}"
+    out = (
+        args.results_dir or ROOT / "loadtests" / "results" / f"{started:%Y%m%d-%H%M%S}-{args.shape}"
+    )
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     locustenv.ensure()
@@ -156,7 +218,8 @@ def main(argv: list[str]) -> int:
     else:
         say(f"starting a private stack ({args.gateway_workers} gateway, {args.writers} writer)")
         the_stack = stack.start_private(
-            gateway_workers=args.gateway_workers, writers=args.writers, port=None, log_dir=out)
+            gateway_workers=args.gateway_workers, writers=args.writers, port=None, log_dir=out
+        )
     try:
         info = meta(args, started, the_stack)
         (out / "run.json").write_text(json.dumps(info, indent=1) + "\n")

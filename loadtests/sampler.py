@@ -21,11 +21,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway import constants as c
+
 log = logging.getLogger(__name__)
 
 FIELDS = (
-    "t", "backlog", "pending", "stream_bytes", "used_memory", "drained", "keys",
-    "cpu_gateway", "cpu_writer", "cpu_redis", "cpu_postgres", "cpu_locust",
+    "t",
+    "backlog",
+    "pending",
+    "stream_bytes",
+    "used_memory",
+    "drained",
+    "keys",
+    "cpu_gateway",
+    "cpu_writer",
+    "cpu_redis",
+    "cpu_postgres",
+    "cpu_locust",
 )
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -40,7 +52,7 @@ def _children() -> dict[int, list[int]]:
                 stat = fh.read()
         except OSError:
             continue
-        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
         tree.setdefault(ppid, []).append(int(entry))
     return tree
 
@@ -69,8 +81,15 @@ def tree_cpu_seconds(roots: list[int], tree: dict[int, list[int]]) -> float:
 
 class Sampler:
     def __init__(
-        self, path: Path, *, url: str, redis_url: str, key_prefix: str, shards: int,
-        roles: Callable[[], dict[str, list[int]]], interval_s: float = 1.0,
+        self,
+        path: Path,
+        *,
+        url: str,
+        redis_url: str,
+        key_prefix: str,
+        shards: int,
+        roles: Callable[[], dict[str, list[int]]],
+        interval_s: float = 1.0,
     ) -> None:
         self.path = path
         self.url = url
@@ -127,21 +146,21 @@ class Sampler:
         return row
 
     def _from_redis(self) -> dict[str, float]:
-        streams = [f"{self.prefix}intake:{{{shard}}}" for shard in range(self.shards)]
+        streams = [self.prefix + c.STREAM_KEY.format(shard=s) for s in range(self.shards)]
         pipe = self._redis.pipeline(transaction=False)
         for key in streams:
             pipe.xlen(key)
         for key in streams:
             pipe.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0")
         for key in streams:
-            pipe.execute_command("XPENDING", key, "writers")
+            pipe.execute_command("XPENDING", key, c.CONSUMER_GROUP)
         pipe.info("memory")
-        pipe.get(f"{self.prefix}writers:drained")
+        pipe.get(self.prefix + c.DRAIN_STATS_KEY)
         pipe.dbsize()
         replies = pipe.execute(raise_on_error=False)
         n = len(streams)
-        lengths, memory, pending = replies[:n], replies[n:2 * n], replies[2 * n:3 * n]
-        info, drained, keys = replies[3 * n:]
+        lengths, memory, pending = replies[:n], replies[n : 2 * n], replies[2 * n : 3 * n]
+        info, drained, keys = replies[3 * n :]
         return {
             "backlog": sum(int(x) for x in lengths if isinstance(x, int)),
             "stream_bytes": sum(int(x) for x in memory if isinstance(x, int)),
@@ -171,10 +190,11 @@ def dedupe_key_bytes(redis_url: str, key_prefix: str, sample: int = 200) -> floa
     """Average ``MEMORY USAGE`` of up to ``sample`` dedupe keys (0 when none)."""
     import redis
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    client: Any = redis.Redis.from_url(redis_url, socket_timeout=10)
     try:
         sizes = []
-        for key in client.scan_iter(match=f"{key_prefix}dedupe:*", count=1000):
+        match = key_prefix + c.DEDUPE_KEY.split(":", 1)[0] + ":*"
+        for key in client.scan_iter(match=match, count=1000):
             usage = client.memory_usage(key, samples=0)
             if usage:
                 sizes.append(int(usage))

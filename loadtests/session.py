@@ -29,7 +29,9 @@ def say(message: str) -> None:
 
 
 class Session:
-    def __init__(self, args: argparse.Namespace, the_stack: stack.Stack, out: Path, info: dict[str, Any]) -> None:
+    def __init__(
+        self, args: argparse.Namespace, the_stack: stack.Stack, out: Path, info: dict[str, Any]
+    ) -> None:
         self.args = args
         self.stack = the_stack
         self.out = out
@@ -44,8 +46,12 @@ class Session:
 
     def run(self, command: list[str]) -> int:
         probe = sampler.Sampler(
-            self.out / "samples.csv", url=self.stack.url, redis_url=self.stack.redis_url,
-            key_prefix=self.stack.key_prefix, shards=self.args.shards, roles=self.roles,
+            self.out / "samples.csv",
+            url=self.stack.url,
+            redis_url=self.stack.redis_url,
+            key_prefix=self.stack.key_prefix,
+            shards=self.args.shards,
+            roles=self.roles,
         ).start()
         try:
             code = self.load(command, probe)
@@ -64,11 +70,14 @@ class Session:
     def load(self, command: list[str], probe: sampler.Sampler) -> int | None:
         stages = plan.stages_for(self.args.shape, _plan_options(self.args))
         limit = plan.duration_s(stages) + LOCUST_MARGIN_S
-        say(f"running Locust, shape {self.args.shape}, about {plan.duration_s(stages):.0f}s of load")
+        say(
+            f"running Locust, shape {self.args.shape}, about {plan.duration_s(stages):.0f}s of load"
+        )
         env = {**os.environ, "LOADTEST_SHAPE": self.args.shape, "PYTHONUNBUFFERED": "1"}
         with (self.out / "locust.log").open("wb") as log:
-            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+            child = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
             self.locust_pid = child.pid
             started = time.monotonic()
             next_report = started + PROGRESS_EVERY_S
@@ -79,8 +88,10 @@ class Session:
                     if now >= next_report:
                         next_report = now + PROGRESS_EVERY_S
                         last = probe.last
-                        say(f"  {now - started:4.0f}s  backlog {int(last.get('backlog', 0)):,}"
-                            f"  redis {last.get('used_memory', 0) / 2**20:,.0f} MiB")
+                        say(
+                            f"  {now - started:4.0f}s  backlog {int(last.get('backlog', 0)):,}"
+                            f"  redis {last.get('used_memory', 0) / 2**20:,.0f} MiB"
+                        )
                     if now - started > limit:
                         say("Locust overran its shape; stopping it")
                         child.send_signal(signal.SIGINT)
@@ -122,14 +133,20 @@ class Session:
         rec["drained"] = drained
         (self.out / "reconciliation.json").write_text(json.dumps(rec, indent=1) + "\n")
         samples = read_samples(self.out / "samples.csv")
-        objectives = plan.Objectives(**{
-            k: v for k, v in self.info["objectives"].items()
-            if k in ("p99_ms", "max_error_rate", "max_unexpected_rate")
-        })
+        objectives = plan.Objectives(
+            **{
+                k: v
+                for k, v in self.info["objectives"].items()
+                if k in ("p99_ms", "max_error_rate", "max_unexpected_rate")
+            }
+        )
         unexpected = sum(1 for a in answers if "unexpected" in a.f)
         figures = compute(answers, samples, objectives, dedupe_bytes=dedupe, unexpected=unexpected)
-        checks = report.verdict(figures, {k: (v if v is not None else 1) for k, v in rec.items()},
-                                self.info["objectives"])
+        checks = report.verdict(
+            figures,
+            {k: (v if v is not None else 1) for k, v in rec.items()},
+            self.info["objectives"],
+        )
         if not drained:
             checks.append(report.Check("backlog drained", "yes", "no", False))
         bp_path = self.out / "breakpoint.json"
@@ -141,26 +158,50 @@ class Session:
         self.print_summary(figures, rec, checks, breakpoint, path)
         return 0 if all(c.passed for c in checks) else 1
 
-    def print_summary(self, f: Any, rec: dict[str, Any], checks: list[report.Check],
-                      breakpoint: dict[str, Any] | None, path: Path) -> None:
-        print(f"\n{f.requests:,} requests, {f.accepted:,} registrations accepted; "
-              f"sustainable {f.sustainable_registrations_per_s:,.0f} registrations/s at the objective; "
-              f"peak backlog {f.peak_backlog:,}; drain {f.drain_rate_per_s:,.0f} rows/s; "
-              f"time to drain {f.time_to_drain_s if f.time_to_drain_s is not None else 'n/a'} s")
+    def print_summary(
+        self,
+        f: Any,
+        rec: dict[str, Any],
+        checks: list[report.Check],
+        breakpoint: dict[str, Any] | None,
+        path: Path,
+    ) -> None:
+        print(
+            f"\n{f.requests:,} requests, {f.accepted:,} registrations accepted; "
+            f"sustainable {f.sustainable_registrations_per_s:,.0f} registrations/s at the objective; "
+            f"peak backlog {f.peak_backlog:,}; drain {f.drain_rate_per_s:,.0f} rows/s; "
+            f"time to drain {f.time_to_drain_s if f.time_to_drain_s is not None else 'n/a'} s"
+        )
         if breakpoint is not None:
             step = breakpoint.get("capacity_step")
-            print("breakpoint capacity: " + (
-                f"{step['rps']:,.0f} requests/s at {step['users']} users (p99 {step['p99_ms']:.0f} ms)"
-                if step else "the first step already broke an objective"))
-        print(f"reconciliation: lost={rec.get('lost')} duplicated={rec.get('duplicated')} "
-              f"misattributed={rec.get('misattributed')} dead_lettered={rec.get('dead_lettered')}")
+            print(
+                "breakpoint capacity: "
+                + (
+                    f"{step['rps']:,.0f} requests/s at {step['users']} users (p99 {step['p99_ms']:.0f} ms)"
+                    if step
+                    else "the first step already broke an objective"
+                )
+            )
+        print(
+            f"reconciliation: lost={rec.get('lost')} duplicated={rec.get('duplicated')} "
+            f"misattributed={rec.get('misattributed')} dead_lettered={rec.get('dead_lettered')}"
+        )
         for c in checks:
-            print(f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.measured} (objective {c.objective})")
-        print(f"verdict: {'PASS' if all(c.passed for c in checks) else 'FAIL'}; report {path}", flush=True)
+            print(
+                f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.measured} (objective {c.objective})"
+            )
+        print(
+            f"verdict: {'PASS' if all(c.passed for c in checks) else 'FAIL'}; report {path}",
+            flush=True,
+        )
 
 
 def _plan_options(args: argparse.Namespace) -> plan.PlanOptions:
     return plan.PlanOptions(
-        peak_users=args.peak_users, time_scale=args.time_scale, soak_s=args.soak_s,
-        step_users=args.step_users, step_s=args.step_s, max_users=args.max_users,
+        peak_users=args.peak_users,
+        time_scale=args.time_scale,
+        soak_s=args.soak_s,
+        step_users=args.step_users,
+        step_s=args.step_s,
+        max_users=args.max_users,
     )

@@ -34,8 +34,12 @@ def add_shape_options(group: Any) -> None:
 
 def _plan_options(opts: Any) -> plan.PlanOptions:
     return plan.PlanOptions(
-        peak_users=opts.peak_users, time_scale=opts.time_scale, soak_s=opts.soak_s,
-        step_users=opts.step_users, step_s=opts.step_s, max_users=opts.max_users,
+        peak_users=opts.peak_users,
+        time_scale=opts.time_scale,
+        soak_s=opts.soak_s,
+        step_users=opts.step_users,
+        step_s=opts.step_s,
+        max_users=opts.max_users,
     )
 
 
@@ -64,8 +68,10 @@ class _PlannedShape(LoadTestShape):
             record = {
                 "shape": self.shape_name,
                 "started_at": self._started_epoch,
-                "stages": [{"until_s": s.until_s, "users": s.users, "spawn_rate": s.spawn_rate}
-                           for s in self._stages],
+                "stages": [
+                    {"until_s": s.until_s, "users": s.users, "spawn_rate": s.spawn_rate}
+                    for s in self._stages
+                ],
             }
             (self._out() / "shape.json").write_text(json.dumps(record, indent=1))
         return self._stages
@@ -146,8 +152,11 @@ class BreakpointShape(_PlannedShape):
         ended, requests_now, failures_now, histogram_now = self._take()
         opts = self._opts()
         result = plan.judge_step(
-            index=len(self._results), users=self._users, window=(started, ended),
-            requests=requests_now - requests, errors=failures_now - failures,
+            index=len(self._results),
+            users=self._users,
+            window=(started, ended),
+            requests=requests_now - requests,
+            errors=failures_now - failures,
             histogram=plan.histogram_delta(histogram_now, histogram),
             generator_cpu=float(getattr(self.runner, "current_cpu_usage", 0.0)),
             objectives=plan.Objectives(p99_ms=opts.p99_ms, max_error_rate=opts.max_error_rate),

@@ -65,7 +65,11 @@ def external(url: str, redis_url: str, database_url: str, key_prefix: str = "") 
 
 
 def start_private(
-    *, gateway_workers: int, writers: int, port: int | None, log_dir: Path,
+    *,
+    gateway_workers: int,
+    writers: int,
+    port: int | None,
+    log_dir: Path,
     environment: dict[str, str] | None = None,
 ) -> Stack:
     """Start Redis, PostgreSQL, migrate and seed, then the gateway and the writer."""
@@ -90,11 +94,18 @@ def start_private(
         }
         env.pop("GATEWAY_KEY_PREFIX", None)
         stack.url, stack.redis_url, stack.database_url = (
-            f"http://127.0.0.1:{http_port}", redis.url, postgres.url
+            f"http://127.0.0.1:{http_port}",
+            redis.url,
+            postgres.url,
         )
         gateway_cli = [sys.executable, "-m", "gateway"]
-        subprocess.run([*gateway_cli, "migrate", "--dev-sites"], env=env, check=True,
-                       stdout=subprocess.DEVNULL, timeout=120)
+        subprocess.run(
+            [*gateway_cli, "migrate", "--dev-sites"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=120,
+        )
         log_dir.mkdir(parents=True, exist_ok=True)
         for role, argv in (
             ("gateway", ["serve", "--workers", str(gateway_workers)]),
@@ -102,7 +113,10 @@ def start_private(
         ):
             with (log_dir / f"{role}.log").open("ab") as out:
                 stack._children[role] = subprocess.Popen(
-                    [*gateway_cli, *argv], env=env, stdout=out, stderr=subprocess.STDOUT,
+                    [*gateway_cli, *argv],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
         stack.roles = {

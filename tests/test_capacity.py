@@ -67,12 +67,20 @@ def test_nonsense_targets_are_refused() -> None:
 
 def test_measured_figures_come_from_a_run_report_with_fallbacks(tmp_path: Path) -> None:
     report = tmp_path / "capacity.json"
-    report.write_text(json.dumps({"figures": {
-        "requests": 1000, "accepted": 800,
-        "cpu_s_per_request": {"gateway": 0.002, "redis": 0.0002},
-        "cpu_s_per_row": {"writer": 0.0007, "postgres": None},
-        "stream_bytes_per_entry": 1500, "dedupe_bytes_per_person": None,
-    }}))
+    report.write_text(
+        json.dumps(
+            {
+                "figures": {
+                    "requests": 1000,
+                    "accepted": 800,
+                    "cpu_s_per_request": {"gateway": 0.002, "redis": 0.0002},
+                    "cpu_s_per_row": {"writer": 0.0007, "postgres": None},
+                    "stream_bytes_per_entry": 1500,
+                    "dedupe_bytes_per_person": None,
+                }
+            }
+        )
+    )
     measured = load_measured(report)
     assert measured.gateway_cpu_s_per_request == 0.002
     assert measured.writer_cpu_s_per_row == 0.0007
@@ -107,8 +115,13 @@ def test_cpu_override_changes_the_process_count() -> None:
 
 def _step(index: int, users: int, p99: float, errors: int = 0) -> load_plan.StepResult:
     return load_plan.judge_step(
-        index=index, users=users, window=(0.0, 10.0), requests=1000, errors=errors,
-        histogram={10: 980, int(p99): 20}, generator_cpu=10.0,
+        index=index,
+        users=users,
+        window=(0.0, 10.0),
+        requests=1000,
+        errors=errors,
+        histogram={10: 980, int(p99): 20},
+        generator_cpu=10.0,
         objectives=load_plan.Objectives(p99_ms=500, max_error_rate=0.001),
     )
 
@@ -122,8 +135,14 @@ def test_breakpoint_capacity_is_the_last_step_before_a_confirmed_break() -> None
 
 
 def test_one_noisy_step_does_not_end_the_breakpoint() -> None:
-    steps = [_step(0, 10, 50), _step(1, 20, 900), _step(2, 20, 80), _step(3, 30, 70),
-             _step(4, 40, 50, errors=5), _step(5, 40, 60, errors=9)]
+    steps = [
+        _step(0, 10, 50),
+        _step(1, 20, 900),
+        _step(2, 20, 80),
+        _step(3, 30, 70),
+        _step(4, 40, 50, errors=5),
+        _step(5, 40, 60, errors=9),
+    ]
     good = load_plan.last_good(steps)
     assert good is not None and good.users == 30
     assert load_plan.last_good([_step(0, 10, 900), _step(1, 10, 900)]) is None
@@ -148,8 +167,17 @@ def test_sustainable_rate_is_the_best_window_within_the_objectives() -> None:
     for second in range(30):
         slow = second >= 20  # the last 10 s are fast-paced but miss the latency objective
         for i in range(50 if slow else 20):
-            answers.append(Answer(1000.0 + second + i / 100, 900.0 if slow else 20.0, 202,
-                                  f"0-{second}-{i}-abcdefghjk", f"p{second}-{i}", "new", "web"))
+            answers.append(
+                Answer(
+                    1000.0 + second + i / 100,
+                    900.0 if slow else 20.0,
+                    202,
+                    f"0-{second}-{i}-abcdefghjk",
+                    f"p{second}-{i}",
+                    "new",
+                    "web",
+                )
+            )
     rate, requests = sustainable_rate(series(answers, t0=1000.0), load_plan.Objectives(p99_ms=500))
     assert rate == pytest.approx(20.0, abs=1.0)
     assert requests == pytest.approx(rate)

@@ -23,9 +23,25 @@ def test_short_surge_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "surge"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "loadtests" / "run.py"), "--shape", "surge", "--short",
-         "--results-dir", str(out), "--p99-ms", "30000", "--max-error-rate", "0.05"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        [
+            sys.executable,
+            str(ROOT / "loadtests" / "run.py"),
+            "--shape",
+            "surge",
+            "--short",
+            "--results-dir",
+            str(out),
+            "--p99-ms",
+            "30000",
+            "--max-error-rate",
+            "0.05",
+        ],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
     )
     reconciliation = json.loads((out / "reconciliation.json").read_text())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -38,7 +54,9 @@ def test_short_surge_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert reconciliation["accepted_answers"] > reconciliation["accepted_ids"]
     capacity = json.loads((out / "capacity.json").read_text())
     assert capacity["passed"] is True
-    assert {"new", "retry", "respelled", "conflict", "invalid"} <= set(capacity["figures"]["by_kind"])
+    assert {"new", "retry", "respelled", "conflict", "invalid"} <= set(
+        capacity["figures"]["by_kind"]
+    )
     report = (out / "capacity.md").read_text()
     assert "**0 lost**" in report and "**0 duplicated**" in report
     assert (out / "load.png").stat().st_size > 0 and (out / "backlog.png").stat().st_size > 0

@@ -28,8 +28,13 @@ from loadtests.reconcile import reconcile
 from loadtests.report import verdict
 from tests.conftest import make_client, wait_for
 
-OBJECTIVES = {"p99_ms": 500.0, "max_error_rate": 0.001, "max_unexpected_rate": 0.01,
-              "max_lost": 0.0, "max_duplicated": 0.0}
+OBJECTIVES = {
+    "p99_ms": 500.0,
+    "max_error_rate": 0.001,
+    "max_unexpected_rate": 0.01,
+    "max_lost": 0.0,
+    "max_duplicated": 0.0,
+}
 DEDUPE_CHECK = "local record = redis.call('GET', KEYS[i])"
 
 
@@ -40,8 +45,15 @@ async def submit(client: TestClient[Any, Any], body: dict[str, Any], kind: str =
     async with client.post("/v1/registrations", data=orjson.dumps(body), headers=headers) as resp:
         answer = orjson.loads(await resp.read())
         status = resp.status
-    return Answer(started, 1.0, status, str(answer.get("registration_id") or ""),
-                  person_label(identity_of(body)), kind, str(body["channel"]))
+    return Answer(
+        started,
+        1.0,
+        status,
+        str(answer.get("registration_id") or ""),
+        person_label(identity_of(body)),
+        kind,
+        str(body["channel"]),
+    )
 
 
 class AcksBeforeCommit(Writer):
@@ -88,14 +100,19 @@ def people(count: int, seed: int) -> list[dict[str, Any]]:
 
 
 async def test_clean_run_reconciles_with_nothing_lost_or_duplicated(
-    client: TestClient[Any, Any], settings: Settings, redis: Any, writer_factory: Any,
+    client: TestClient[Any, Any],
+    settings: Settings,
+    redis: Any,
+    writer_factory: Any,
     tmp_path: Path,
 ) -> None:
     bodies = people(25, seed=31)
     answers = [await submit(client, body) for body in bodies]
     # Client retries and respelled resubmissions are answered 200 with the same ids.
     answers += [await submit(client, body, "retry") for body in bodies[:4]]
-    answers += [await submit(client, Generator(5).respelled(body), "respelled") for body in bodies[4:7]]
+    answers += [
+        await submit(client, Generator(5).respelled(body), "respelled") for body in bodies[4:7]
+    ]
     assert [a.s for a in answers].count(202) == 25
     assert [a.s for a in answers].count(200) == 7
     await drain(await writer_factory(), redis, settings)
@@ -108,12 +125,17 @@ async def test_clean_run_reconciles_with_nothing_lost_or_duplicated(
     assert (outcome.accepted_ids, outcome.stored, outcome.people_accepted) == (25, 25, 25)
     assert (outcome.lost, outcome.duplicated, outcome.misattributed) == (0, 0, 0)
     assert outcome.ok
-    checks = {c.name: c.passed for c in verdict(Figures(requests=32), outcome.as_dict(), OBJECTIVES)}
+    checks = {
+        c.name: c.passed for c in verdict(Figures(requests=32), outcome.as_dict(), OBJECTIVES)
+    }
     assert checks["lost"] and checks["duplicated"]
 
 
 async def test_writer_that_acks_before_commit_is_caught_as_lost(
-    client: TestClient[Any, Any], settings: Settings, redis: Any, writer_factory: Any,
+    client: TestClient[Any, Any],
+    settings: Settings,
+    redis: Any,
+    writer_factory: Any,
 ) -> None:
     writer = await writer_factory(AcksBeforeCommit)
     survivors = [await submit(client, body) for body in people(10, seed=41)]
@@ -131,18 +153,28 @@ async def test_writer_that_acks_before_commit_is_caught_as_lost(
     assert set(outcome.lost_examples) <= {a.rid for a in doomed}
     assert outcome.stored == 10 and outcome.duplicated == 0
     assert not outcome.ok
-    checks = {c.name: c.passed for c in verdict(Figures(requests=18), outcome.as_dict(), OBJECTIVES)}
+    checks = {
+        c.name: c.passed for c in verdict(Figures(requests=18), outcome.as_dict(), OBJECTIVES)
+    }
     assert not checks["lost"]
 
 
 @pytest.mark.parametrize("unique_constraint", [True, False], ids=["with-db-constraint", "without"])
 async def test_append_that_skips_the_dedupe_key_is_caught_as_duplicated(
-    settings: Settings, redis: Any, pg: asyncpg.Connection, writer_factory: Any,
-    monkeypatch: pytest.MonkeyPatch, unique_constraint: bool,
+    settings: Settings,
+    redis: Any,
+    pg: asyncpg.Connection,
+    writer_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    unique_constraint: bool,
 ) -> None:
     script = load_script("append.lua")
     assert DEDUPE_CHECK in script, "append.lua changed: update the broken build of this test"
-    monkeypatch.setattr(append_module, "load_script", lambda name: script.replace(DEDUPE_CHECK, "local record = false"))
+    monkeypatch.setattr(
+        append_module,
+        "load_script",
+        lambda name: script.replace(DEDUPE_CHECK, "local record = false"),
+    )
     if not unique_constraint:  # the second line of defence is broken too
         await pg.execute("ALTER TABLE registrations DROP CONSTRAINT registrations_identity_key_key")
     broken = await make_client(settings)
@@ -173,7 +205,10 @@ async def test_append_that_skips_the_dedupe_key_is_caught_as_duplicated(
 
 
 async def test_stored_row_of_another_person_is_caught_as_misattributed(
-    client: TestClient[Any, Any], settings: Settings, redis: Any, pg: asyncpg.Connection,
+    client: TestClient[Any, Any],
+    settings: Settings,
+    redis: Any,
+    pg: asyncpg.Connection,
     writer_factory: Any,
 ) -> None:
     first, second = [await submit(client, body) for body in people(2, seed=61)]
@@ -193,10 +228,14 @@ async def test_stored_row_of_another_person_is_caught_as_misattributed(
 
 def test_answer_files_skip_a_torn_last_line_and_labels_match_stored_rows(tmp_path: Path) -> None:
     sink = AnswerFile(tmp_path / "answers-a-1.jsonl")
-    sink.write([Answer(1.0, 2.0, 202, "0-1-0-abcdefghjk", person_label("cccd:001090000001"), "new", "web")])
+    sink.write(
+        [Answer(1.0, 2.0, 202, "0-1-0-abcdefghjk", person_label("cccd:001090000001"), "new", "web")]
+    )
     sink.close()
     with (tmp_path / "answers-b-2.jsonl").open("w") as handle:
-        handle.write('{"t": 1.0, "ms": 3.0, "s": 200, "rid": "0-1-0-abcdefghjk", "p": "x"}\n{"t": 2.0, "m')
+        handle.write(
+            '{"t": 1.0, "ms": 3.0, "s": 200, "rid": "0-1-0-abcdefghjk", "p": "x"}\n{"t": 2.0, "m'
+        )
     found = list(read_answers(tmp_path))
     assert [a.s for a in found] == [202, 200]
     body = {"id_document": {"type": "cccd", "number": "001 090 000 001"}}
