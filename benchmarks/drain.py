@@ -29,7 +29,7 @@ from typing import Any, cast
 import asyncpg
 import orjson
 
-from benchmarks import bodies, ceiling
+from benchmarks import bodies, ceiling, cpu_profile
 from benchmarks.harness import CpuWatch, say
 from benchmarks.session import Sampler, Session, ratio
 from benchmarks.stack import run_async
@@ -119,7 +119,7 @@ def refill(session: Session, prefix: str, entries: list[tuple[bytes, dict[bytes,
 
 
 def drain_once(session: Session, entries: list[tuple[bytes, dict[bytes, bytes]]],
-               processes: int, batch: int, tag: str) -> dict[str, Any]:
+               processes: int, batch: int, tag: str, profile: bool = False) -> dict[str, Any]:
     stack = session.stack
     prefix = f"bench:drain{tag}:"
     refill(session, prefix, entries)
@@ -133,18 +133,30 @@ def drain_once(session: Session, entries: list[tuple[bytes, dict[bytes, bytes]]]
                  "redis": [stack.redis.pid or 0]}
         cpu = CpuWatch(watch)
         cpu.start()
+        spy = None
+        if profile:  # from the first commit on: start-up (imports) is not the subject
+            deadline = time.monotonic() + 60
+            while stack.stream_length(prefix) >= total and time.monotonic() < deadline:
+                time.sleep(0.02)
+            spy = cpu_profile.Recorder(writer.pids[0], session.config.out_dir / "profile-writer.txt",
+                                       idle=True)
         finished = session.wait_drained(prefix, timeout_s=max(120.0, total / 500))
         used = cpu.stop()
+        profiled = spy.stop() if spy is not None else None
         session.stop(writer)
     stored = stack.count_rows(db)
     points = [v for _, v in sampler.samples]
     rate = _rate_between(points, total, 0.1, 0.9)
     stack.forget_prefix(prefix)
-    return {
+    result: dict[str, Any] = {
         "processes": processes, "batch": batch, "entries": total, "stored": stored,
         "rows_per_s": rate, "wall_s_including_start": round(time.monotonic() - started, 2),
         "drained": finished is not None, "cpu": used,
     }
+    if profiled is not None:
+        result["profile"] = cpu_profile.writer_shares(profiled.read_text())
+        result["profile"]["collapsed_stacks"] = profiled.name
+    return result
 
 
 def _rate_between(samples: list[tuple[float, int]], total: int, low: float,
@@ -191,7 +203,7 @@ def run(session: Session) -> dict[str, Any]:
     topped_up = top_up(session, ceiling.PREFIX_MAIN, cfg.drain_entries)
     entries = read_entries(session, ceiling.PREFIX_MAIN, cfg.drain_entries * 3)
     rows = to_rows(entries, Settings(key_prefix=ceiling.PREFIX_MAIN).stream_key(0))
-    writers = [drain_once(session, entries, processes, batch, f"{i}")
+    writers = [drain_once(session, entries, processes, batch, f"{i}", profile=i == 0)
                for i, (processes, batch) in enumerate(cfg.writer_configs)]
     raw_db = stack.fresh_database("bench_raw")
     default_batch = Settings().writer_batch

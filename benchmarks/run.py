@@ -8,7 +8,7 @@
 Sections (``--only`` picks some): ceiling (HTTP ceiling, round trips, 1 vs 2 processes,
 coalesced vs uncoalesced), naive (naive design, concurrency sweep, PostgreSQL stalls),
 drain (writer vs raw COPY), clients (redis-py versions and batching), profile (where the
-CPU goes). Private Redis and PostgreSQL are started for the run and stopped after it;
+CPU goes), hotpath (micro-benchmarks of cheaper per-request pieces). Private Redis and PostgreSQL are started for the run and stopped after it;
 wrk (Debian's package) is installed when missing and we are root.
 """
 
@@ -33,7 +33,7 @@ from benchmarks.harness import say
 from benchmarks.session import BenchConfig, Session
 from benchmarks.stack import Stack
 
-SECTIONS = ("ceiling", "naive", "drain", "clients", "profile")
+SECTIONS = ("ceiling", "naive", "drain", "clients", "profile", "hotpath")
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
@@ -45,7 +45,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         warmup_s=0.0 if quick else 2.0,
         stall_duration_s=3.0 if quick else 12.0,
         connections=args.connections,
-        sweep=(args.connections,) if quick else (16, args.connections, 256),
+        sweep=(args.connections,) if quick else tuple(sorted({16, args.connections, 128, 256})),
         repeats=args.repeats or (1 if quick else 2),
         stall_kinds=("lock",) if quick else ("lock", "pause"),
         wrk_threads=args.threads,
@@ -142,6 +142,10 @@ def run_section(name: str, session: Session, results: dict[str, Any]) -> dict[st
         from benchmarks import redis_clients
 
         return redis_clients.run(session)
+    if name == "hotpath":
+        from benchmarks import hotpath
+
+        return hotpath.run(session)
     from benchmarks import cpu_profile
 
     return cpu_profile.run(session)

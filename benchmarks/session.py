@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import threading
 import time
@@ -61,7 +62,8 @@ class Session:
     # -- services ---------------------------------------------------------------------
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("GATEWAY_", "PG")) and k not in ("REDIS_URL", "DATABASE_URL")}
+               if not k.startswith(("GATEWAY_", "PG"))
+               and k not in ("REDIS_URL", "DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR")}
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -104,7 +106,18 @@ class Session:
             argv, name = [sys.executable, "-m", "gateway", "serve"], f"gateway-{count}p"
         else:
             argv, name = [sys.executable, "benchmarks/uncoalesced_service.py"], f"uncoalesced-{count}p"
-        return self._start(name, argv, count, port, env)
+        return self._start(name, argv, count, port, self._metrics_mode(env, name, count))
+
+    def _metrics_mode(self, env: dict[str, str], name: str, count: int) -> dict[str, str]:
+        """N processes started one by one here run like ``gateway serve --workers N``
+        (or ``writer --processes N``) does: prometheus_client in multiprocess mode,
+        sharing one directory. One process keeps the single-process mode, as there."""
+        if count > 1:
+            path = self.config.data_dir / "metrics" / name
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+        return env
 
     def start_naive(self, count: int, database_url: str, pool: int = 10) -> Group:
         port = free_port()
@@ -119,7 +132,8 @@ class Session:
         extra = {"GATEWAY_WRITER_BATCH": str(batch)} if batch else {}
         env = self.gateway_env(prefix, database_url, extra=extra)
         argv = [sys.executable, "-m", "gateway", "writer"]
-        return self._start(f"writer-{processes}x{batch or 'default'}", argv, processes, 0, env,
+        name = f"writer-{processes}x{batch or 'default'}"
+        return self._start(name, argv, processes, 0, self._metrics_mode(env, name, processes),
                            listen=False)
 
     def stop(self, *groups: Group) -> None:
