@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("ceiling", "naive", "drain", "clients", "profile")
+SECTIONS = ("ceiling", "naive", "drain", "clients", "profile", "hotpath")
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.timeout(300)]
 
@@ -90,6 +90,14 @@ def test_quick_benchmark_records_load_generator_cpu(quick_results: dict[str, Any
         assert run["wrk_cores"] > 0
         assert 0 < run["wrk_share_of_machine"] <= 1
         assert run["cpu"]["server_cores"] > 0
+
+
+def test_quick_benchmark_hotpath_replacements_give_the_same_digests(
+    quick_results: dict[str, Any],
+) -> None:
+    hot = quick_results["hotpath"]
+    assert hot["keyed_hashes_us"]["same_digests"] is True
+    assert hot["validate_us"] > 0
 
 
 def test_quick_benchmark_writes_summary_and_chart(quick_results: dict[str, Any]) -> None:
