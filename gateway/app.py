@@ -44,6 +44,7 @@ class Runtime:
     reference: ReferenceCache | None = None
     limiter: RateLimiter | None = None
     draining: bool = False
+    in_flight: int = 0  # requests admitted before draining began, still running
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -166,13 +167,38 @@ async def _on_shutdown(app: web.Application) -> None:
     app[RUNTIME].draining = True
 
 
+@web.middleware
+async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    if rt.draining:
+        return await handler(request)
+    rt.in_flight += 1
+    try:
+        return await handler(request)
+    finally:
+        rt.in_flight -= 1
+
+
+async def drain(app: web.Application, grace_s: float) -> None:
+    """Stop admitting requests (503 + Retry-After, /readyz 503) and wait up to ``grace_s``
+    for the admitted ones to finish, bodies still uploading included. aiohttp's own
+    shutdown stops reading from every connection first, so it runs only after this."""
+    rt = app[RUNTIME]
+    rt.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    while rt.in_flight and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    log.info("drained", extra={"unfinished": rt.in_flight})
+
+
 def create_app(settings: Settings) -> web.Application:
     from gateway import divisions, views  # views import app helpers; keep the import one way
 
     divisions.preload()  # the first registration must not pay for loading the tables
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[errors_middleware],
+        middlewares=[in_flight_middleware, errors_middleware],
     )
     app[RUNTIME] = Runtime(settings=settings, hasher=Hasher.from_secret(settings.identity_secret))
     app.cleanup_ctx.append(_redis_ctx)

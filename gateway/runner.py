@@ -54,8 +54,10 @@ def serve_one(settings: Settings) -> None:
 
     logs.setup(settings.log_level)
     _use_uvloop()
+    app = create_app(settings)
+    app.on_startup.append(_drain_on_signals)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         reuse_port=True,
@@ -66,8 +68,34 @@ def serve_one(settings: Settings) -> None:
         keepalive_timeout=settings.header_timeout_s,
         access_log=None,
         print=None,
-        handle_signals=True,
+        handle_signals=False,  # _drain_on_signals: drain first, then aiohttp's shutdown
     )
+
+
+async def _drain_on_signals(app: Any) -> None:
+    """SIGTERM/SIGINT: drain (admitted requests finish, new ones get 503), then exit."""
+    from aiohttp.web_runner import GracefulExit
+
+    from gateway.app import RUNTIME, drain
+
+    loop = asyncio.get_running_loop()
+    settings = app[RUNTIME].settings
+    started: list[asyncio.Task[None]] = []
+
+    async def drain_then_exit() -> None:
+        await drain(app, settings.shutdown_grace_s)
+        loop.call_soon(_raise, GracefulExit())
+
+    def on_signal() -> None:
+        if not started:
+            started.append(loop.create_task(drain_then_exit()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
 
 
 def _serve_worker(settings: Settings) -> None:
