@@ -6,14 +6,16 @@ Definitions, so that two runs are compared on the same terms:
   any 10-second window whose p99 latency and server-error rate met the objectives (for a
   breakpoint run, the rate of the last step that met them).
 * **peak backlog**: the largest sampled stream length (entries not yet committed).
-* **drain rate**: rows committed per second while a backlog was being worked off after
-  the load stopped; when no backlog was left, the best 5-second commit rate seen.
-* **time to drain**: from the last answer to the first sample with an empty backlog.
+* **drain rate**: from the peak backlog (at least 100 entries) down to 2 % of it, the
+  entries that left the stream plus the registrations accepted meanwhile, per second: the
+  writers flat out. When no backlog ever formed, the best 5-second commit rate (a lower
+  bound: the writers kept up).
+* **time to drain**: from the last answer to the first sample with an empty backlog; and
+  from the peak backlog down to 2 % of it (under load a few entries are always in flight).
 * **Redis memory per queued registration**: ``MEMORY USAGE`` of the streams divided by
   their length, at samples holding at least 100 entries (median); plus the dedupe key
   that each accepted person keeps for the dedupe TTL.
-* **CPU per unit**: CPU seconds each role used during the load, per request answered
-  (gateway, Redis) or per row committed (writer, PostgreSQL).
+* **CPU per unit**: see :mod:`loadtests.costs`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtests import costs
 from loadtests.answers import Answer
 from loadtests.plan import Objectives, percentile
 
@@ -122,12 +125,14 @@ class Figures:
     peak_backlog: int = 0
     drain_rate_per_s: float = 0.0
     drain_rate_source: str = ""
-    time_to_drain_s: float | None = None
+    time_to_drain_s: float | None = None  # after the last answer
+    peak_backlog_drained_in_s: float | None = None  # down to 2 % of the peak
     stream_bytes_per_entry: float | None = None
     dedupe_bytes_per_person: float | None = None
     redis_peak_used_memory: int = 0
     cpu_s_per_request: dict[str, float] = field(default_factory=dict)
     cpu_s_per_row: dict[str, float] = field(default_factory=dict)
+    cpu_method: str = ""
     load_generator_cpu_share: float | None = None
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -150,7 +155,6 @@ def compute(
     hist = _merge(s.latency)
     f.requests = len(answers)
     f.accepted = sum(s.accepted)
-    load_end = s.t0 + s.seconds
     f.load_seconds = float(s.seconds)
     f.p50_ms, f.p99_ms = percentile(hist, 0.5), percentile(hist, 0.99)
     f.error_rate = sum(s.errors) / f.requests
@@ -165,46 +169,57 @@ def compute(
         kinds[a.k][str(a.s)] += 1
     f.by_kind = {k: dict(sorted(v.items())) for k, v in sorted(kinds.items())}
     if samples:
-        _from_samples(f, samples, s.t0, load_end)
+        _from_samples(f, samples, s)
     return f
 
 
-def _from_samples(f: Figures, samples: Sequence[dict[str, float]], t0: float, t1: float) -> None:
+def _from_samples(f: Figures, samples: Sequence[dict[str, float]], s: Series) -> None:
+    t1 = s.t0 + s.seconds  # the last answer
     f.peak_backlog = int(max(x["backlog"] for x in samples))
     f.redis_peak_used_memory = int(max(x["used_memory"] for x in samples))
     per_entry = sorted(x["stream_bytes"] / x["backlog"] for x in samples if x["backlog"] >= 100)
     if per_entry:
         f.stream_bytes_per_entry = per_entry[len(per_entry) // 2]
-    during = [x for x in samples if t0 <= x["t"] <= t1]
-    after = [x for x in samples if x["t"] > t1]
-    if during and after:
-        empty = next((x for x in after if x["backlog"] <= 0 and x["pending"] <= 0), None)
-        f.time_to_drain_s = round(empty["t"] - t1, 1) if empty else None
-    at_end = min(samples, key=lambda x: abs(x["t"] - t1))
-    if f.time_to_drain_s and f.time_to_drain_s >= 2 and at_end["backlog"] > 0:
-        f.drain_rate_per_s = at_end["backlog"] / f.time_to_drain_s
-        f.drain_rate_source = "backlog left when the load stopped / time to drain"
+    f.time_to_drain_s = _time_to_empty(samples, t1)
+    flat_out = _drain_episode(samples, s)
+    if flat_out is not None:
+        f.drain_rate_per_s, seconds = flat_out
+        f.peak_backlog_drained_in_s = round(seconds, 1)
+        f.drain_rate_source = (
+            f"from the peak backlog down, over {seconds:.0f} s: entries left the stream"
+            " plus registrations accepted meanwhile"
+        )
     else:
         f.drain_rate_per_s = _best_rate(samples, "drained", 5.0)
-        f.drain_rate_source = "best 5 s commit rate (the writer kept up; its ceiling is higher)"
-    if len(during) >= 2:
-        first, last = during[0], during[-1]
-        answered = f.requests or 1
-        rows = max(last["drained"] - first["drained"], 1.0)
-        for role in ("gateway", "redis", "locust"):
-            f.cpu_s_per_request[role] = round(
-                (last[f"cpu_{role}"] - first[f"cpu_{role}"]) / answered, 7
-            )
-        for role in ("writer", "postgres"):
-            f.cpu_s_per_row[role] = round((last[f"cpu_{role}"] - first[f"cpu_{role}"]) / rows, 7)
-        total = sum(
-            last[f"cpu_{r}"] - first[f"cpu_{r}"]
-            for r in ("gateway", "writer", "redis", "postgres", "locust")
-        )
-        if total > 0:
-            f.load_generator_cpu_share = round(
-                (last["cpu_locust"] - first["cpu_locust"]) / total, 3
-            )
+        f.drain_rate_source = "best 5 s commit rate; the writers kept up, their ceiling is higher"
+    costs.charge(f, samples, s)
+
+
+def _drain_episode(samples: Sequence[dict[str, float]], s: Series) -> tuple[float, float] | None:
+    """(rows/s, seconds) of the drain from the peak backlog to (almost) empty, counted
+    from the stream length and the answers, which are exact (the writers' own commit
+    counter is only published every few seconds)."""
+    peak_at = max(range(len(samples)), key=lambda i: samples[i]["backlog"])
+    peak = samples[peak_at]
+    if peak["backlog"] < 100:
+        return None
+    low = max(peak["backlog"] * 0.02, 10)
+    end = next((x for x in samples[peak_at + 1 :] if x["backlog"] <= low), None)
+    if end is None or end["t"] - peak["t"] < 0.5:
+        return None
+    first = max(int(peak["t"] - s.t0), 0)
+    last = max(min(int(end["t"] - s.t0), s.seconds), first)
+    arrived = sum(s.accepted[first:last])
+    seconds = end["t"] - peak["t"]
+    return (peak["backlog"] - end["backlog"] + arrived) / seconds, seconds
+
+
+def _time_to_empty(samples: Sequence[dict[str, float]], since: float) -> float | None:
+    """Seconds from ``since`` until a sample shows an empty backlog (None: never)."""
+    for x in samples:
+        if x["t"] >= since and x["backlog"] <= 0 and x["pending"] <= 0:
+            return round(max(x["t"] - since, 0.0), 1)
+    return None
 
 
 def _best_rate(samples: Sequence[dict[str, float]], key: str, width_s: float) -> float:

@@ -115,6 +115,7 @@ def _figure_rows(f: Figures, breakpoint: dict[str, Any] | None) -> list[tuple[st
         ("peak backlog", f"{f.peak_backlog:,} entries"),
         ("drain rate", f"{_n(f.drain_rate_per_s)} rows/s ({f.drain_rate_source})"),
         ("time to drain after the load stopped", _n(f.time_to_drain_s, " s", 1)),
+        ("time to drain the peak backlog (to 2 %)", _n(f.peak_backlog_drained_in_s, " s", 1)),
         ("Redis memory per queued registration (stream entry)", _n(f.stream_bytes_per_entry, " B")),
         (
             "Redis memory per accepted person (dedupe key, kept for the dedupe TTL)",
@@ -125,6 +126,7 @@ def _figure_rows(f: Figures, breakpoint: dict[str, Any] | None) -> list[tuple[st
         ("shed (503/429)", f"{f.shed_rate:.3%}"),
         ("clients that gave up waiting (by choice)", f"{f.gave_up:,}"),
     ]
+    rows.append(("CPU per unit: method", f.cpu_method or "n/a"))
     rows += [
         (f"CPU per request, {k}", f"{v * 1e6:,.0f} µs") for k, v in f.cpu_s_per_request.items()
     ]

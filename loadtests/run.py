@@ -66,6 +66,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--gateway-workers", type=int, default=2, help="private stack: gateway processes"
     )
     p.add_argument("--writers", type=int, default=1, help="private stack: writer processes")
+    p.add_argument(
+        "--writer-delay-s",
+        type=float,
+        default=0.0,
+        help="private stack: start the writer this long after the load (builds a backlog"
+        " whose drain rate, memory per entry and drain time are then measured)",
+    )
     p.add_argument("--peak-users", type=int)
     p.add_argument("--time-scale", type=float)
     p.add_argument("--soak-s", type=float)
@@ -176,6 +183,8 @@ def meta(args: argparse.Namespace, started: datetime, the_stack: stack.Stack) ->
             f"private (Redis AOF everysec, PostgreSQL), {args.gateway_workers} gateway "
             f"process(es), {args.writers} writer process(es)"
         )
+        if args.writer_delay_s > 0:
+            described += f" started {args.writer_delay_s:g} s into the load"
     else:
         described = f"external {the_stack.url}"
     load = f"shape {args.shape}, peak {args.peak_users} users, time scale {args.time_scale}"
@@ -218,7 +227,11 @@ def main(argv: list[str]) -> int:
     else:
         say(f"starting a private stack ({args.gateway_workers} gateway, {args.writers} writer)")
         the_stack = stack.start_private(
-            gateway_workers=args.gateway_workers, writers=args.writers, port=None, log_dir=out
+            gateway_workers=args.gateway_workers,
+            writers=args.writers,
+            port=None,
+            log_dir=out,
+            start_writer=args.writer_delay_s <= 0,
         )
     try:
         info = meta(args, started, the_stack)

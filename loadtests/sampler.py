@@ -66,8 +66,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
 
 
-def tree_cpu_seconds(roots: list[int], tree: dict[int, list[int]]) -> float:
-    """CPU seconds of the live processes under ``roots`` (the roots included)."""
+def tree_cpu_seconds(roots: list[int], tree: dict[int, list[int]]) -> dict[int, float]:
+    """CPU seconds of each live process under ``roots`` (the roots included)."""
     seen: set[int] = set()
     todo = list(roots)
     while todo:
@@ -76,7 +76,7 @@ def tree_cpu_seconds(roots: list[int], tree: dict[int, list[int]]) -> float:
             continue
         seen.add(pid)
         todo.extend(tree.get(pid, ()))
-    return sum(_cpu_seconds(pid) for pid in seen)
+    return {pid: _cpu_seconds(pid) for pid in seen}
 
 
 class Sampler:
@@ -102,6 +102,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
         self._redis: Any = None
+        self._cpu: dict[str, dict[int, float]] = {}  # role -> pid -> CPU seconds last seen
 
     def start(self) -> Sampler:
         if self.redis_url:
@@ -141,8 +142,13 @@ class Sampler:
         else:
             row["backlog"] = backlog_from_readyz(self.url)
         tree = _children()
-        for role, pids in self.roles().items():
-            row[f"cpu_{role}"] = round(tree_cpu_seconds(pids, tree), 2)
+        for role, roots in self.roles().items():
+            # A process that exited keeps the CPU it was last seen with: the counters
+            # never go down (Locust's workers and a writer's children come and go).
+            known = self._cpu.setdefault(role, {})
+            for pid, seconds in tree_cpu_seconds(roots, tree).items():
+                known[pid] = max(known.get(pid, 0.0), seconds)
+            row[f"cpu_{role}"] = round(sum(known.values()), 2)
         return row
 
     def _from_redis(self) -> dict[str, float]:

@@ -85,6 +85,8 @@ class Session:
                 while child.poll() is None:
                     time.sleep(0.5)
                     now = time.monotonic()
+                    if now - started >= self.args.writer_delay_s:
+                        self.stack.start_writer()
                     if now >= next_report:
                         next_report = now + PROGRESS_EVERY_S
                         last = probe.last
@@ -104,6 +106,7 @@ class Session:
 
     def wait_drained(self, probe: sampler.Sampler) -> bool:
         say("load finished; waiting for the writer to drain the backlog")
+        self.stack.start_writer()
         deadline = time.monotonic() + self.args.drain_timeout
         time.sleep(1.5)
         while time.monotonic() < deadline:

@@ -38,9 +38,27 @@ class Stack:
     _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
     _services: list[Any] = field(default_factory=list, repr=False)
     _work_dir: Path | None = field(default=None, repr=False)
+    writers: int = 1
+    _env: dict[str, str] = field(default_factory=dict, repr=False)
+    _log_dir: Path | None = field(default=None, repr=False)
 
-    def stop_gateway(self) -> None:
-        _terminate(self._children.pop("gateway", None), grace_s=20)
+    def _start(self, role: str, argv: list[str]) -> None:
+        assert self._log_dir is not None
+        with (self._log_dir / f"{role}.log").open("ab") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "gateway", *argv],
+                env=self._env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._children[role] = child
+        self.roles[role] = [child.pid]
+
+    def start_writer(self) -> None:
+        """Start the writer processes (a run may hold them back to build a backlog)."""
+        if self.private and "writer" not in self._children:
+            self._start("writer", ["writer", "--processes", str(self.writers)])
 
     def stop(self) -> None:
         for role in ("gateway", "writer"):
@@ -71,8 +89,10 @@ def start_private(
     port: int | None,
     log_dir: Path,
     environment: dict[str, str] | None = None,
+    start_writer: bool = True,
 ) -> Stack:
-    """Start Redis, PostgreSQL, migrate and seed, then the gateway and the writer."""
+    """Start Redis, PostgreSQL, migrate and seed, then the gateway and (unless told not
+    to: see :meth:`Stack.start_writer`) the writer."""
     from gateway import devstack
 
     work_dir = Path(tempfile.mkdtemp(prefix="loadtest-stack-"))
@@ -98,33 +118,23 @@ def start_private(
             redis.url,
             postgres.url,
         )
-        gateway_cli = [sys.executable, "-m", "gateway"]
         subprocess.run(
-            [*gateway_cli, "migrate", "--dev-sites"],
+            [sys.executable, "-m", "gateway", "migrate", "--dev-sites"],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
             timeout=120,
         )
+        stack._env, stack._log_dir = env, log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
-        for role, argv in (
-            ("gateway", ["serve", "--workers", str(gateway_workers)]),
-            ("writer", ["writer", "--processes", str(writers)]),
-        ):
-            with (log_dir / f"{role}.log").open("ab") as out:
-                stack._children[role] = subprocess.Popen(
-                    [*gateway_cli, *argv],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
         stack.roles = {
-            "gateway": [stack._children["gateway"].pid],
-            "writer": [stack._children["writer"].pid],
             "redis": [redis.pid] if redis.pid else [],
             "postgres": [postgres.pid] if postgres.pid else [],
         }
+        stack._start("gateway", ["serve", "--workers", str(gateway_workers)])
+        stack.writers = writers
+        if start_writer:
+            stack.start_writer()
         wait_ready(stack)
         return stack
     except BaseException:
