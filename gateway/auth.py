@@ -102,8 +102,10 @@ def denied(request: web.Request, settings: Settings) -> web.Response | None:
     auth = for_settings(settings)
     if not auth.configured:
         return error_response(
-            403, "operator_access_not_configured",
-            "Operator access is off: set GATEWAY_OPERATOR_TOKEN_SHA256 (`gateway token` makes one).",
+            403,
+            "operator_access_not_configured",
+            "Operator access is off: set GATEWAY_OPERATOR_TOKEN_SHA256 "
+            "(`gateway token` makes one).",
         )
     if auth.allows(request):
         return None
@@ -132,5 +134,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("token", help="make an operator token and the digest to configure")
-    p.add_argument("--digest", action="store_true", help="print the digest of a token read from stdin")
+    p.add_argument(
+        "--digest", action="store_true", help="print the digest of a token read from stdin"
+    )
     p.set_defaults(func=cmd_token)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -60,7 +61,7 @@ class DeadLetters:
         ranked = sorted(held.items(), key=lambda kv: (-kv[1], kv[0]))
         return DeadLetterCounts(by_state, ranked, sorted(triples))
 
-    async def list(self, state: str | None, reason: str | None, limit: int) -> list[dict[str, Any]]:
+    async def recent(self, state: str | None, reason: str | None, limit: int) -> list[dict[str, Any]]:
         async with self.store.connection() as conn:
             rows = await conn.fetch(Q["list_dead_letters"], state, reason, limit)
         return [dict(row) for row in rows]
@@ -93,7 +94,10 @@ class DeadLetters:
     async def resolve(self, letter_id: int, state: str, replayed_as: str | None, note: str) -> bool:
         """Move a held letter to ``replayed`` or ``dropped``; False when it was not held."""
         async with self.store.connection() as conn:
-            return await conn.fetchval(Q["resolve_dead_letter"], letter_id, state, replayed_as, note) is not None
+            return (
+                await conn.fetchval(Q["resolve_dead_letter"], letter_id, state, replayed_as, note)
+                is not None
+            )
 
 
 class CountCache:
@@ -119,7 +123,7 @@ class CountCache:
                     self.ok, self.error = True, ""
                 except DependencyUnavailable as exc:
                     self.ok, self.error = False, exc.reason
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.ok, self.error = False, "timed out"
         return self.value
 
@@ -134,7 +138,9 @@ def request_body(payload_text: str | None) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         raise ValueError("the stored payload is not JSON; replay it with --body FILE") from None
     if not isinstance(payload, dict):
-        raise ValueError("the stored payload is not an object; replay it with --body FILE")
+        raise ValueError(  # noqa: TRY004 - the operator's error message, caught as ValueError
+            "the stored payload is not an object; replay it with --body FILE"
+        )
     body = {k: v for k, v in payload.items() if k != "identity_key" and v is not None}
     body["consent"] = True
     return body
@@ -170,7 +176,11 @@ async def replay(
         for letter_id in letter_ids:
             row = await letters.get(letter_id)
             if row is None or row["state"] != "held":
-                results.append(ReplayResult(letter_id, "not_held", detail=row["state"] if row else "no such id"))
+                results.append(
+                    ReplayResult(
+                        letter_id, "not_held", detail=row["state"] if row else "no such id"
+                    )
+                )
                 continue
             try:
                 body = body_override if body_override is not None else request_body(row["payload"])
@@ -179,7 +189,10 @@ async def replay(
                 continue
             try:
                 registration = validate(
-                    body, channel=None, reference=reference, today=date.today(),
+                    body,
+                    channel=None,
+                    reference=reference,
+                    today=date.today(),
                     min_age_years=settings.min_age_years,
                 )
             except ValidationFailed as exc:
@@ -189,7 +202,8 @@ async def replay(
             # The letter's id as Idempotency-Key: replaying it again (say after a crash
             # between the append and the update below) is a replay, not a second person.
             result = await appender.append(
-                registration, idempotency_key=f"dead-letter:{letter_id}",
+                registration,
+                idempotency_key=f"dead-letter:{letter_id}",
                 received_at=await letters.first_arrival(row),
             )
             if result.outcome in (APPENDED, REPLAYED):
@@ -197,10 +211,13 @@ async def replay(
                 await letters.resolve(letter_id, "replayed", result.registration_id, outcome)
                 results.append(ReplayResult(letter_id, outcome, result.registration_id))
             else:
-                results.append(ReplayResult(
-                    letter_id, "conflict",
-                    detail="this identity is registered with different details; drop it or fix it",
-                ))
+                results.append(
+                    ReplayResult(
+                        letter_id,
+                        "conflict",
+                        detail="identity registered with different details: fix or drop it",
+                    )
+                )
     finally:
         await redis.aclose()
         await store.close()
@@ -238,7 +255,9 @@ def _when(value: datetime | None) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     state = None if args.state == "all" else args.state
-    rows = asyncio.run(_with_letters(_settings(args), lambda d: d.list(state, args.reason, args.limit)))
+    rows = asyncio.run(
+        _with_letters(_settings(args), lambda d: d.recent(state, args.reason, args.limit))
+    )
     if args.json:
         print(orjson.dumps(rows, default=str, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -248,8 +267,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{'ID':>6}  {'CREATED (UTC)':19}  {'STATE':8}  {'REASON':22}  {'TRIES':>5}  DETAIL")
     for r in rows:
         detail = str(r["detail"]).replace("\n", " ")
-        print(f"{r['id']:>6}  {_when(r['created_at']):19}  {r['state']:8}  {r['reason']:22}  "
-              f"{r['deliveries']:>5}  {detail[:70]}")
+        print(
+            f"{r['id']:>6}  {_when(r['created_at']):19}  {r['state']:8}  {r['reason']:22}  "
+            f"{r['deliveries']:>5}  {detail[:70]}"
+        )
     return 0
 
 
@@ -266,8 +287,18 @@ def cmd_show(args: argparse.Namespace) -> int:
             return 1
         print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
         return 0
-    for key in ("id", "state", "reason", "detail", "deliveries", "registration_id", "stream",
-                "entry_id", "replayed_as", "note"):
+    for key in (
+        "id",
+        "state",
+        "reason",
+        "detail",
+        "deliveries",
+        "registration_id",
+        "stream",
+        "entry_id",
+        "replayed_as",
+        "note",
+    ):
         print(f"{key:16} {row.get(key) if row.get(key) not in (None, '') else '-'}")
     print(f"{'created':16} {_when(row['created_at'])}\n{'resolved':16} {_when(row['resolved_at'])}")
     print("payload (personal data: do not paste it into tickets or chats):")
@@ -286,7 +317,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if len(args.ids) != 1:
             print("--body replaces the record of exactly one ID", file=sys.stderr)
             return 2
-        raw = sys.stdin.buffer.read() if args.body == "-" else open(args.body, "rb").read()
+        raw = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
         override = orjson.loads(raw)
     ids = list(args.ids)
     if args.all:
@@ -307,9 +338,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    done = asyncio.run(_with_letters(
-        _settings(args), lambda d: d.resolve(args.id, "dropped", None, args.note)
-    ))
+    done = asyncio.run(
+        _with_letters(_settings(args), lambda d: d.resolve(args.id, "dropped", None, args.note))
+    )
     print(f"{args.id}: dropped" if done else f"{args.id}: not held (unknown, replayed or dropped)")
     return 0 if done else 1
 
@@ -326,11 +357,15 @@ def add_commands(sub: Any) -> None:
     q.set_defaults(func=cmd_list)
     q = dlq.add_parser("show", help="one dead letter with its payload (personal data)")
     q.add_argument("id", type=int)
-    q.add_argument("--body", action="store_true", help="print only the request body, to edit and replay")
+    q.add_argument(
+        "--body", action="store_true", help="print only the request body, to edit and replay"
+    )
     q.set_defaults(func=cmd_show)
     q = dlq.add_parser("replay", help="validate and append again; a fixed record is not duplicated")
     q.add_argument("ids", type=int, nargs="*")
-    q.add_argument("--all", action="store_true", help="every held letter (with --reason: of that reason)")
+    q.add_argument(
+        "--all", action="store_true", help="every held letter (with --reason: of that reason)"
+    )
     q.add_argument("--reason")
     q.add_argument("--body", help="a corrected request body (JSON file, - for stdin) for one ID")
     q.set_defaults(func=cmd_replay)

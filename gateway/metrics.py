@@ -65,7 +65,9 @@ BACKLOG = Gauge(
     multiprocess_mode="livemostrecent",
 )
 DEPENDENCY_UP = Gauge(
-    "gateway_dependency_up", "1 when the dependency answers", ["dependency"],
+    "gateway_dependency_up",
+    "1 when the dependency answers",
+    ["dependency"],
     multiprocess_mode="livemostrecent",
 )
 
@@ -86,7 +88,9 @@ WRITER_DELETED_PENDING = Counter(
 WRITER_GROUP_RECREATED = Counter(
     "writer_group_recreated_total", "Consumer group or stream found missing and recreated"
 )
-WRITER_OUTAGES = Counter("writer_outages_total", "Write attempts that failed on a dependency", ["dependency"])
+WRITER_OUTAGES = Counter(
+    "writer_outages_total", "Write attempts that failed on a dependency", ["dependency"]
+)
 
 
 # -- the queue, read at scrape time -------------------------------------------------------
@@ -102,10 +106,17 @@ class QueueCollector:
         if snap is not None:
             families = (
                 ("gateway_queue_backlog", "Entries not yet committed to PostgreSQL", "backlog"),
-                ("gateway_queue_pending", "Entries delivered to a writer, not yet committed", "pending"),
+                (
+                    "gateway_queue_pending",
+                    "Entries delivered to a writer, not yet committed",
+                    "pending",
+                ),
                 ("gateway_queue_lag", "Entries not yet delivered to any writer", "lag"),
-                ("gateway_queue_oldest_age_seconds",
-                 "Age of the oldest registration not yet committed (0 when none)", "oldest_age_s"),
+                (
+                    "gateway_queue_oldest_age_seconds",
+                    "Age of the oldest registration not yet committed (0 when none)",
+                    "oldest_age_s",
+                ),
             )
             for name, text, attr in families:
                 family = GaugeMetricFamily(name, text, labels=["shard"])
@@ -113,23 +124,28 @@ class QueueCollector:
                     family.add_metric([str(shard.shard)], float(getattr(shard, attr)))
                 yield family
             added = CounterMetricFamily(
-                "gateway_queue_entries_added", "Entries ever appended to each intake stream",
+                "gateway_queue_entries_added",
+                "Entries ever appended to each intake stream",
                 labels=["shard"],
             )
             for shard in snap.shards:
                 added.add_metric([str(shard.shard)], float(shard.entries_added))
             yield added
             yield CounterMetricFamily(
-                "gateway_queue_drained", "Rows committed by all writers (writers:drained)",
+                "gateway_queue_drained",
+                "Rows committed by all writers (writers:drained)",
                 value=float(snap.drained_total),
             )
             yield GaugeMetricFamily(
-                "gateway_writers_alive", "Writers with a heartbeat in the last 15 s",
+                "gateway_writers_alive",
+                "Writers with a heartbeat in the last 15 s",
                 value=float(snap.writers_alive),
             )
         if self.dead is not None:
             family = GaugeMetricFamily(
-                "gateway_dead_letters", "Dead letters by state and reason", labels=["state", "reason"]
+                "gateway_dead_letters",
+                "Dead letters by state and reason",
+                labels=["state", "reason"],
             )
             for state, reason, n in self.dead.by_state_reason:
                 family.add_metric([state, reason], float(n))
@@ -146,12 +162,12 @@ def multiprocess_dir() -> str | None:
 def exposition(snapshot: QueueSnapshot | None, dead: DeadLetterCounts | None) -> bytes:
     """The whole /metrics text: this process's (or all processes') metrics + the queue."""
     queue = CollectorRegistry(auto_describe=False)
-    queue.register(QueueCollector(snapshot, dead))  # type: ignore[arg-type]
+    queue.register(QueueCollector(snapshot, dead))
     if multiprocess_dir():
         from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry) + generate_latest(queue)
     return generate_latest(REGISTRY) + generate_latest(queue)
 
@@ -167,7 +183,7 @@ async def queue_facts(
     snapshot = None
     try:
         snapshot = await asyncio.wait_for(QueueStats(redis, settings).snapshot(), timeout=3.0)
-    except (DependencyUnavailable, asyncio.TimeoutError):
+    except (TimeoutError, DependencyUnavailable):
         pass
     DEPENDENCY_UP.labels("redis").set(1 if snapshot is not None else 0)
     dead = await dead_cache.get()
@@ -176,7 +192,9 @@ async def queue_facts(
     return snapshot, dead
 
 
-async def start_writer_endpoint(settings: Settings, redis: Any, store: Store) -> web.AppRunner | None:
+async def start_writer_endpoint(
+    settings: Settings, redis: Any, store: Store
+) -> web.AppRunner | None:
     """The writer's /metrics on GATEWAY_WRITER_METRICS_PORT (SO_REUSEPORT: every writer
     process binds it and any of them answers for all). Never fatal: a writer that cannot
     bind still writes."""
@@ -191,17 +209,24 @@ async def start_writer_endpoint(settings: Settings, redis: Any, store: Store) ->
 
     async def metrics_view(request: web.Request) -> web.Response:
         snapshot, dead = await queue_facts(redis, settings, cache)
-        return web.Response(body=exposition(snapshot, dead), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=exposition(snapshot, dead), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_view)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.writer_metrics_port, reuse_port=True).start()
+        await web.TCPSite(
+            runner, settings.host, settings.writer_metrics_port, reuse_port=True
+        ).start()
     except OSError as exc:
-        log.warning("writer metrics endpoint not started: %s", type(exc).__name__,
-                    extra={"port": settings.writer_metrics_port})
+        log.warning(
+            "writer metrics endpoint not started: %s",
+            type(exc).__name__,
+            extra={"port": settings.writer_metrics_port},
+        )
         await runner.cleanup()
         return None
     return runner

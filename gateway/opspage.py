@@ -62,15 +62,27 @@ OPS = web.AppKey("ops", OpsState)
 
 async def _sample_forever(state: OpsState) -> None:
     assert state.stats is not None
+    me = asyncio.current_task()
     while True:
         try:
             state.latest = await state.stats.snapshot()
             await state.stats.record(state.latest)
         except DependencyUnavailable:
             state.latest = None
-        except Exception:  # noqa: BLE001 - the page must not take intake down with it
+        except Exception:  # the page must not take intake down with it
             log.exception("queue sampling failed")
+        if me is not None and me.cancelling():
+            # redis-py with a socket timeout can swallow a cancellation on Python 3.11
+            # (the command then returns normally): honour it here.
+            raise asyncio.CancelledError
         await asyncio.sleep(c.OPS_SAMPLE_INTERVAL_S)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel until the task is really done (see the note in _sample_forever)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
 
 
 async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -81,8 +93,7 @@ async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
     state.dead = CountCache(letters, c.DEAD_LETTER_COUNT_CACHE_S)
     state.task = asyncio.create_task(_sample_forever(state))
     yield
-    state.task.cancel()
-    await asyncio.gather(state.task, return_exceptions=True)
+    await _stop(state.task)
 
 
 # -- /metrics ---------------------------------------------------------------------------
@@ -137,8 +148,13 @@ async def login(request: web.Request) -> web.StreamResponse:
         return _login_page(401, "That token is not accepted.")
     response = _see_other("/ops")
     response.set_cookie(
-        c.OPS_SESSION_COOKIE, checker.session(digest), max_age=c.OPS_SESSION_TTL_S,
-        path="/ops", httponly=True, samesite="Strict", secure=request.secure,
+        c.OPS_SESSION_COOKIE,
+        checker.session(digest),
+        max_age=c.OPS_SESSION_TTL_S,
+        path="/ops",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
     )
     log.info("operator logged in")
     return response
@@ -166,7 +182,9 @@ async def state_payload(app: web.Application, seconds: float) -> dict[str, Any]:
     dead = await state.dead.get()
     # A process that started while PostgreSQL was down has no pool, and says so.
     postgres_up = state.dead.letters is not None and state.dead.ok
-    report = build_report(state.latest, points[-12:], dead, postgres_up, rt.settings, state.dead.error)
+    report = build_report(
+        state.latest, points[-12:], dead, postgres_up, rt.settings, state.dead.error
+    )
     return {
         "healthy": report.healthy,
         "problems": report.problems,
@@ -193,10 +211,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     if (denied := auth.denied(request, rt.settings)) is not None:
         return denied
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
-        "X-Accel-Buffering": "no",
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
     await response.prepare(request)
     try:
         await _send(response, "state", await state_payload(request.app, WINDOW_S))

@@ -74,9 +74,14 @@ class QueueSnapshot:
 
     def point(self) -> Point:
         return Point(
-            t=self.taken_at, backlog=self.backlog, pending=self.pending, lag=self.lag,
-            oldest_age_s=self.oldest_age_s, added=self.entries_added,
-            drained=self.drained_total, writers=self.writers_alive,
+            t=self.taken_at,
+            backlog=self.backlog,
+            pending=self.pending,
+            lag=self.lag,
+            oldest_age_s=self.oldest_age_s,
+            added=self.entries_added,
+            drained=self.drained_total,
+            writers=self.writers_alive,
         )
 
 
@@ -134,7 +139,9 @@ class QueueStats:
             _shard(n, replies[1 + 2 * n], replies[2 + 2 * n], now) for n in range(len(keys))
         )
         drained = int(replies[-2] or 0)
-        alive = sum(1 for _name, beat in replies[-1] if now - float(beat) < c.WRITER_HEARTBEAT_TTL_S)
+        alive = sum(
+            1 for _name, beat in replies[-1] if now - float(beat) < c.WRITER_HEARTBEAT_TTL_S
+        )
         return QueueSnapshot(now, shards, drained, alive)
 
     # -- history -----------------------------------------------------------------------
@@ -142,15 +149,23 @@ class QueueStats:
         """Add this snapshot as the point of its second, unless another process already
         did. True when this one was written."""
         point = snap.point()
-        fields = {
-            "b": point.backlog, "p": point.pending, "l": point.lag,
-            "o": round(point.oldest_age_s, 3), "a": point.added, "d": point.drained,
-            "w": point.writers, "t": round(point.t, 3),
+        fields: dict[Any, Any] = {
+            "b": point.backlog,
+            "p": point.pending,
+            "l": point.lag,
+            "o": round(point.oldest_age_s, 3),
+            "a": point.added,
+            "d": point.drained,
+            "w": point.writers,
+            "t": round(point.t, 3),
         }
         try:
             await self.redis.xadd(
-                self._history_key, fields, id=f"{int(point.t) * 1000}-0",  # type: ignore[arg-type]
-                maxlen=c.OPS_HISTORY_LEN, approximate=True,
+                self._history_key,
+                fields,
+                id=f"{int(point.t) * 1000}-0",
+                maxlen=c.OPS_HISTORY_LEN,
+                approximate=True,
             )
             return True
         except rexc.ResponseError as exc:
@@ -205,8 +220,14 @@ def _point(fields: dict[bytes, bytes]) -> Point:
         return float(fields.get(key.encode(), b"0") or 0)
 
     return Point(
-        t=num("t"), backlog=int(num("b")), pending=int(num("p")), lag=int(num("l")),
-        oldest_age_s=num("o"), added=int(num("a")), drained=int(num("d")), writers=int(num("w")),
+        t=num("t"),
+        backlog=int(num("b")),
+        pending=int(num("p")),
+        lag=int(num("l")),
+        oldest_age_s=num("o"),
+        added=int(num("a")),
+        drained=int(num("d")),
+        writers=int(num("w")),
     )
 
 
@@ -244,7 +265,7 @@ def series(points: Sequence[Point], window_s: float = RATE_WINDOW_S) -> list[dic
     """Points with the smoothed rates at each of them, for charts."""
     out: list[dict[str, Any]] = []
     for i, point in enumerate(points):
-        r = rates(points[max(0, i - int(window_s) - 1): i + 1], window_s)
+        r = rates(points[max(0, i - int(window_s) - 1) : i + 1], window_s)
         row = point.as_dict()
         row["intake_rate"] = round(r.intake_per_s, 2) if r else 0.0
         row["drain_rate"] = round(r.drain_per_s, 2) if r else 0.0

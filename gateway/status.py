@@ -61,24 +61,36 @@ class Report:
         if snap is not None:
             out.update(
                 taken_at=datetime.fromtimestamp(snap.taken_at, UTC).isoformat(timespec="seconds"),
-                backlog=snap.backlog, pending=snap.pending, lag=snap.lag,
-                oldest_age_s=round(snap.oldest_age_s, 3), writers_alive=snap.writers_alive,
+                backlog=snap.backlog,
+                pending=snap.pending,
+                lag=snap.lag,
+                oldest_age_s=round(snap.oldest_age_s, 3),
+                writers_alive=snap.writers_alive,
                 drained_total=snap.drained_total,
                 shards=[
-                    {"shard": s.shard, "backlog": s.backlog, "pending": s.pending, "lag": s.lag,
-                     "oldest_age_s": round(s.oldest_age_s, 3)}
+                    {
+                        "shard": s.shard,
+                        "backlog": s.backlog,
+                        "pending": s.pending,
+                        "lag": s.lag,
+                        "oldest_age_s": round(s.oldest_age_s, 3),
+                    }
                     for s in snap.shards
                 ],
                 time_to_drain_s=_round(time_to_drain(snap.backlog, self.rates)),
             )
         if self.rates is not None:
-            out.update(intake_per_s=round(self.rates.intake_per_s, 1),
-                       drain_per_s=round(self.rates.drain_per_s, 1))
+            out.update(
+                intake_per_s=round(self.rates.intake_per_s, 1),
+                drain_per_s=round(self.rates.drain_per_s, 1),
+            )
         else:
             out.update(intake_per_s=None, drain_per_s=None)
         if self.dead is not None:
-            out["dead_letters"] = {"by_state": self.dead.by_state,
-                                   "held_by_reason": dict(self.dead.held_by_reason)}
+            out["dead_letters"] = {
+                "by_state": self.dead.by_state,
+                "held_by_reason": dict(self.dead.held_by_reason),
+            }
         return out
 
 
@@ -91,14 +103,23 @@ def backlog_mark(settings: Settings) -> int:
 
 
 def build_report(
-    snapshot: QueueSnapshot | None, points: list[Point], dead: DeadLetterCounts | None,
-    postgres_up: bool, settings: Settings, postgres_error: str = "",
+    snapshot: QueueSnapshot | None,
+    points: list[Point],
+    dead: DeadLetterCounts | None,
+    postgres_up: bool,
+    settings: Settings,
+    postgres_error: str = "",
 ) -> Report:
     from gateway.queue_stats import rates
 
-    report = Report(snapshot, rates(points), dead, postgres_up,
-                    backlog_mark=backlog_mark(settings),
-                    oldest_age_mark_s=settings.alert_oldest_age_s)
+    report = Report(
+        snapshot,
+        rates(points),
+        dead,
+        postgres_up,
+        backlog_mark=backlog_mark(settings),
+        oldest_age_mark_s=settings.alert_oldest_age_s,
+    )
     if snapshot is None:
         report.problems.append("redis unreachable: intake answers 503 and nothing drains")
     else:
@@ -113,7 +134,9 @@ def build_report(
                 f"(mark {_duration(settings.alert_oldest_age_s)})"
             )
         if snapshot.backlog > backlog_mark(settings):
-            report.problems.append(f"backlog {snapshot.backlog:,} above the mark {backlog_mark(settings):,}")
+            report.problems.append(
+                f"backlog {snapshot.backlog:,} above the mark {backlog_mark(settings):,}"
+            )
     if not postgres_up:
         why = f" ({postgres_error})" if postgres_error else ""
         report.problems.append(f"postgresql unavailable{why}: registrations queue up in Redis")
@@ -151,7 +174,7 @@ class Collector:
             dead = await asyncio.wait_for(letters.counts(), timeout=5)
         except DependencyUnavailable as exc:
             postgres_up, error = False, exc.reason
-        except asyncio.TimeoutError:
+        except TimeoutError:
             postgres_up, error = False, "timed out"
         return build_report(snapshot, self.points, dead, postgres_up, self.settings, error)
 
@@ -172,16 +195,28 @@ def render(report: Report, settings: Settings) -> str:
     snap = report.snapshot
     verdict = "HEALTHY" if report.healthy else "UNHEALTHY"
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    lines = [f"intake queue  {now}   redis {'up' if snap else 'DOWN'}   "
-             f"postgres {'up' if report.postgres_up else 'DOWN'}   {verdict}", ""]
+    header = (
+        f"intake queue  {now}   redis {'up' if snap else 'DOWN'}   "
+        f"postgres {'up' if report.postgres_up else 'DOWN'}   {verdict}"
+    )
+    lines = [
+        header,
+        "",
+    ]
     if snap is not None:
-        lines.append(f"  {'shard':>5}  {'backlog':>10}  {'pending':>9}  {'lag':>10}  {'oldest age':>11}")
+        lines.append(
+            f"  {'shard':>5}  {'backlog':>10}  {'pending':>9}  {'lag':>10}  {'oldest age':>11}"
+        )
         for s in snap.shards:
-            lines.append(f"  {s.shard:>5}  {s.backlog:>10,}  {s.pending:>9,}  {s.lag:>10,}  "
-                         f"{_duration(s.oldest_age_s) if s.backlog else '-':>11}")
+            lines.append(
+                f"  {s.shard:>5}  {s.backlog:>10,}  {s.pending:>9,}  {s.lag:>10,}  "
+                f"{_duration(s.oldest_age_s) if s.backlog else '-':>11}"
+            )
         if len(snap.shards) > 1:
-            lines.append(f"  {'all':>5}  {snap.backlog:>10,}  {snap.pending:>9,}  {snap.lag:>10,}  "
-                         f"{_duration(snap.oldest_age_s) if snap.backlog else '-':>11}")
+            lines.append(
+                f"  {'all':>5}  {snap.backlog:>10,}  {snap.pending:>9,}  {snap.lag:>10,}  "
+                f"{_duration(snap.oldest_age_s) if snap.backlog else '-':>11}"
+            )
         lines.append("")
         r = report.rates
         intake = f"{r.intake_per_s:,.0f}/s" if r else "n/a"
@@ -191,9 +226,11 @@ def render(report: Report, settings: Settings) -> str:
         else:
             eta_text = "n/a" if r is None else _duration(time_to_drain(snap.backlog, r))
         lines.append(f"  intake {intake:>10}   drain {drain:>10}   time to drain {eta_text}")
-        lines.append(f"  writers alive {snap.writers_alive}   "
-                     f"marks: backlog {backlog_mark(settings):,}, oldest age "
-                     f"{_duration(settings.alert_oldest_age_s)}")
+        lines.append(
+            f"  writers alive {snap.writers_alive}   "
+            f"marks: backlog {backlog_mark(settings):,}, oldest age "
+            f"{_duration(settings.alert_oldest_age_s)}"
+        )
     if report.dead is not None:
         top = ", ".join(f"{reason} {n}" for reason, n in report.dead.held_by_reason[:3])
         lines.append(f"  dead letters held {report.dead.held}" + (f" ({top})" if top else ""))
@@ -217,8 +254,9 @@ def cli_settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env()
 
 
-async def run_status(settings: Settings, *, watch: bool, interval: float, as_json: bool,
-                     sample_s: float) -> int:
+async def run_status(
+    settings: Settings, *, watch: bool, interval: float, as_json: bool, sample_s: float
+) -> int:
     from gateway.connections import client
     from gateway.dlq import DeadLetters
     from gateway.exceptions import DependencyUnavailable
@@ -243,8 +281,11 @@ async def run_status(settings: Settings, *, watch: bool, interval: float, as_jso
                 await asyncio.sleep(sample_s)  # no recorded history: measure the rates now
                 report = await collector.report(redis, letters)
             code = 0 if report.healthy else 1
-            text = (orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode()
-                    if as_json else render(report, settings))
+            text = (
+                orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode()
+                if as_json
+                else render(report, settings)
+            )
             if watch and not as_json and sys.stdout.isatty():
                 sys.stdout.write("\x1b[H\x1b[2J")
             print(text, flush=True)
@@ -267,8 +308,15 @@ class _NoDatabase:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = cli_settings(args)
     try:
-        return asyncio.run(run_status(settings, watch=args.watch, interval=args.interval,
-                                      as_json=args.json, sample_s=args.sample))
+        return asyncio.run(
+            run_status(
+                settings,
+                watch=args.watch,
+                interval=args.interval,
+                as_json=args.json,
+                sample_s=args.sample,
+            )
+        )
     except KeyboardInterrupt:
         return 0
 
@@ -278,7 +326,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--sample", type=float, default=3.0,
-                   help="without recorded history, seconds to watch for the rates (0: skip)")
+    p.add_argument(
+        "--sample",
+        type=float,
+        default=3.0,
+        help="without recorded history, seconds to watch for the rates (0: skip)",
+    )
     p.add_argument("--data-dir", default=".data", help="where `gateway run` keeps its data")
     p.set_defaults(func=cmd_status)

@@ -24,14 +24,24 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
-    "--mute-audio", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
 )
 
 
@@ -49,11 +59,23 @@ def ensure_chromium() -> str:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        print("chromium not found: installing Debian's chromium package", file=sys.stderr, flush=True)
-        subprocess.run(["apt-get", "update", "-q"], env=env, check=False,
-                       stdout=subprocess.DEVNULL, timeout=600)
-        done = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"],
-                              env=env, stdout=subprocess.DEVNULL, timeout=1200)
+        print(
+            "chromium not found: installing Debian's chromium package", file=sys.stderr, flush=True
+        )
+        subprocess.run(
+            ["apt-get", "update", "-q"],
+            env=env,
+            check=False,
+            stdout=subprocess.DEVNULL,
+            timeout=600,
+        )
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium"],
+            env=env,
+            check=False,
+            stdout=subprocess.DEVNULL,
+            timeout=1200,
+        )
         found = find_chromium()
         if done.returncode == 0 and found:
             return found
@@ -74,14 +96,18 @@ class Browser:
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self.console: list[str] = []
 
-    async def __aenter__(self) -> Browser:
+    async def __aenter__(self) -> Self:
         import aiohttp
 
         self._profile = tempfile.TemporaryDirectory(prefix="ops-chromium-")
         self.proc = await asyncio.create_subprocess_exec(
-            self.binary, *FLAGS, f"--user-data-dir={self._profile.name}",
-            f"--window-size={self.width},{self.height}", "about:blank",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            self.binary,
+            *FLAGS,
+            f"--user-data-dir={self._profile.name}",
+            f"--window-size={self.width},{self.height}",
+            "about:blank",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
         endpoint = await asyncio.wait_for(self._devtools_endpoint(), timeout=60)
         self.session = aiohttp.ClientSession()
@@ -92,8 +118,13 @@ class Browser:
         self._reader = asyncio.create_task(self._read())
         await self.send("Page.enable")
         await self.send("Runtime.enable")
-        await self.send("Emulation.setDeviceMetricsOverride", width=self.width,
-                        height=self.height, deviceScaleFactor=1, mobile=False)
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=self.width,
+            height=self.height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         return self
 
     async def _devtools_endpoint(self) -> str:
@@ -123,9 +154,13 @@ class Browser:
                     future.set_result(data.get("result", {}))
             elif data.get("method") == "Runtime.consoleAPICalled":
                 args = data["params"].get("args", [])
-                self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
+                self.console.append(
+                    " ".join(str(a.get("value", a.get("description", ""))) for a in args)
+                )
             elif data.get("method") == "Runtime.exceptionThrown":
-                self.console.append("exception: " + str(data["params"]["exceptionDetails"].get("text")))
+                self.console.append(
+                    "exception: " + str(data["params"]["exceptionDetails"].get("text"))
+                )
 
     async def send(self, method: str, **params: Any) -> Any:
         message_id = next(self._ids)
@@ -139,8 +174,9 @@ class Browser:
         await self.wait_for("document.readyState === 'complete' && location.href !== 'about:blank'")
 
     async def evaluate(self, expression: str) -> Any:
-        result = await self.send("Runtime.evaluate", expression=expression,
-                                 returnByValue=True, awaitPromise=True)
+        result = await self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"page script failed: {result['exceptionDetails'].get('text')}")
         return result.get("result", {}).get("value")
@@ -156,7 +192,9 @@ class Browser:
             except RuntimeError:
                 pass
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"page never satisfied: {expression}; console: {self.console[-5:]}")
+                raise AssertionError(
+                    f"page never satisfied: {expression}; console: {self.console[-5:]}"
+                )
             await asyncio.sleep(0.2)
 
     async def sign_in(self, base_url: str, token: str) -> None:
@@ -182,7 +220,7 @@ class Browser:
             self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), timeout=10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
         self._profile.cleanup()
@@ -203,7 +241,9 @@ async def _screenshot(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ensure", action="store_true", help="only make sure Chromium is installed")
+    parser.add_argument(
+        "--ensure", action="store_true", help="only make sure Chromium is installed"
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--out", default="ops/screenshots/ops-page.png")
     parser.add_argument("--wait", type=float, default=5.0, help="seconds to let the page run")

@@ -19,18 +19,30 @@ from gateway.settings import Settings
 from tests.test_writer import append_people, make_writer, step_until
 
 
-def cli(settings: Settings, cwd: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    settings: Settings, cwd: Path, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(
-        os.environ, REDIS_URL=settings.redis_url, DATABASE_URL=settings.database_url,
+        os.environ,
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=settings.database_url,
         GATEWAY_KEY_PREFIX=settings.key_prefix,
     )
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], env=env, cwd=cwd, capture_output=True,
-        text=stdin is None, input=stdin, timeout=120,
+        [sys.executable, "-m", "gateway", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        check=False,
+        text=stdin is None,
+        input=stdin,
+        timeout=120,
     )
 
 
-async def _poison_one(settings: Settings, pg: asyncpg.Connection, redis: Any, count: int = 6) -> tuple[str, dict[str, Any]]:
+async def _poison_one(
+    settings: Settings, pg: asyncpg.Connection, redis: Any, count: int = 6
+) -> tuple[str, dict[str, Any]]:
     """Append ``count`` people and make the database refuse one of them; run the writer
     until the stream is empty. Returns the victim's registration id and payload."""
     ids = await append_people(settings, count, seed=4242)
@@ -59,9 +71,12 @@ async def _drain(settings: Settings, pg: asyncpg.Connection, redis: Any) -> None
 
 
 async def _rows_for(pg: asyncpg.Connection, identity_key: str) -> list[str]:
-    return [r[0] for r in await pg.fetch(
-        "SELECT registration_id FROM registrations WHERE identity_key = $1", identity_key
-    )]
+    return [
+        r[0]
+        for r in await pg.fetch(
+            "SELECT registration_id FROM registrations WHERE identity_key = $1", identity_key
+        )
+    ]
 
 
 async def test_poison_record_is_listed_and_once_fixed_replayed_into_one_row(
@@ -72,7 +87,9 @@ async def test_poison_record_is_listed_and_once_fixed_replayed_into_one_row(
 
     listed = cli(settings, tmp_path, "dlq", "list")
     assert listed.returncode == 0, listed.stderr
-    letter_id = await pg.fetchval("SELECT id FROM dead_letters WHERE registration_id = $1", victim_id)
+    letter_id = await pg.fetchval(
+        "SELECT id FROM dead_letters WHERE registration_id = $1", victim_id
+    )
     row = next(line for line in listed.stdout.splitlines() if line.split()[:1] == [str(letter_id)])
     assert "rejected_by_database" in row and "held" in row
     # The listing carries no personal data: no name, phone or identity number.
@@ -108,7 +125,9 @@ async def test_replay_interrupted_before_marking_does_not_store_the_person_twice
     first = await dlq.replay(settings, [letter_id])
     assert [r.outcome for r in first] == ["replayed"]
     # As if the operator's terminal died between the append and the update.
-    await pg.execute("UPDATE dead_letters SET state = 'held', replayed_as = NULL WHERE id = $1", letter_id)
+    await pg.execute(
+        "UPDATE dead_letters SET state = 'held', replayed_as = NULL WHERE id = $1", letter_id
+    )
     second = await dlq.replay(settings, [letter_id])
     assert [r.outcome for r in second] == ["already_queued"]
     assert second[0].registration_id == first[0].registration_id
@@ -136,8 +155,9 @@ async def test_replay_failing_validation_stays_held_until_a_corrected_body_is_gi
         victim["address"]["province_code"],
     ) or await pg.fetchval("SELECT site_id FROM sites WHERE active LIMIT 1")
     body["site_id"] = other_site
-    fixed = cli(settings, tmp_path, "dlq", "replay", str(letter_id), "--body", "-",
-                stdin=orjson.dumps(body))
+    fixed = cli(
+        settings, tmp_path, "dlq", "replay", str(letter_id), "--body", "-", stdin=orjson.dumps(body)
+    )
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     await _drain(settings, pg, redis)
     stored = await pg.fetch(
@@ -153,7 +173,9 @@ async def test_drop_resolves_a_letter_and_list_filters_by_state(
     letter_id = await pg.fetchval("SELECT id FROM dead_letters")
     shown = cli(settings, tmp_path, "dlq", "show", str(letter_id))
     assert shown.returncode == 0 and "rejected_by_database" in shown.stdout
-    dropped = cli(settings, tmp_path, "dlq", "drop", str(letter_id), "--note", "duplicate paper form")
+    dropped = cli(
+        settings, tmp_path, "dlq", "drop", str(letter_id), "--note", "duplicate paper form"
+    )
     assert dropped.returncode == 0, dropped.stdout + dropped.stderr
     assert "no dead letters" in cli(settings, tmp_path, "dlq", "list").stdout
     listed = cli(settings, tmp_path, "dlq", "list", "--state", "dropped", "--json")

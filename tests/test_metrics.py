@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,9 +42,13 @@ async def scrape(client: Any) -> str:
 
 async def test_metrics_show_backlog_lag_and_oldest_age_of_queued_registrations(client: Any) -> None:
     before = await scrape(client)
-    accepted_before = sample(before, "gateway_http_requests_total", route="/v1/registrations", status="202") or 0
+    accepted_before = (
+        sample(before, "gateway_http_requests_total", route="/v1/registrations", status="202") or 0
+    )
     for seed in range(12):
-        response = await client.post("/v1/registrations", data=orjson.dumps(valid_body(700 + seed)), headers=HEADERS)
+        response = await client.post(
+            "/v1/registrations", data=orjson.dumps(valid_body(700 + seed)), headers=HEADERS
+        )
         assert response.status == 202
     await asyncio.sleep(0.05)
     text = await scrape(client)
@@ -68,18 +71,28 @@ async def test_metrics_count_replays_conflicts_and_shed_requests(settings: Setti
     try:
         before = await scrape(client)
         body = valid_body(31)
-        assert (await client.post("/v1/registrations", data=orjson.dumps(body), headers=HEADERS)).status == 202
-        assert (await client.post("/v1/registrations", data=orjson.dumps(body), headers=HEADERS)).status == 200
+        assert (
+            await client.post("/v1/registrations", data=orjson.dumps(body), headers=HEADERS)
+        ).status == 202
+        assert (
+            await client.post("/v1/registrations", data=orjson.dumps(body), headers=HEADERS)
+        ).status == 200
         changed = dict(body, occupation=body["occupation"] + " (changed)")
-        assert (await client.post("/v1/registrations", data=orjson.dumps(changed), headers=HEADERS)).status == 409
+        assert (
+            await client.post("/v1/registrations", data=orjson.dumps(changed), headers=HEADERS)
+        ).status == 409
         for seed in range(2):
-            await client.post("/v1/registrations", data=orjson.dumps(valid_body(40 + seed)), headers=HEADERS)
+            await client.post(
+                "/v1/registrations", data=orjson.dumps(valid_body(40 + seed)), headers=HEADERS
+            )
 
         seeds = iter(range(100, 200))
 
         async def shed() -> bool:
             body = valid_body(next(seeds))
-            response = await client.post("/v1/registrations", data=orjson.dumps(body), headers=HEADERS)
+            response = await client.post(
+                "/v1/registrations", data=orjson.dumps(body), headers=HEADERS
+            )
             return response.status == 503
 
         await wait_for(shed, timeout=10, interval=0.2)
@@ -103,7 +116,12 @@ async def test_metrics_labels_never_carry_personal_data(client: Any) -> None:
         await client.post("/v1/registrations", data=orjson.dumps(body), headers=HEADERS)
     await client.post("/v1/registrations", data=b'{"phone": "0912345678"', headers=HEADERS)
     text = await scrape(client)
-    labels = {v for f in text_string_to_metric_families(text) for s in f.samples for v in s.labels.values()}
+    labels = {
+        v
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        for v in s.labels.values()
+    }
     for body in bodies:
         secrets = {body["phone"], body["id_document"]["number"], body["full_name"]}
         secrets |= {body["phone"].lstrip("+0").removeprefix("84")}
@@ -147,19 +165,32 @@ async def test_writer_serves_metrics_with_rows_batches_and_dead_letters(
     assert sample(text, "gateway_dependency_up", dependency="postgres") == 1
 
 
-async def test_gateway_workers_answer_metrics_for_all_processes(settings: Settings, tmp_path: Path) -> None:
+async def test_gateway_workers_answer_metrics_for_all_processes(
+    settings: Settings, tmp_path: Path
+) -> None:
     """``serve --workers 2``: the kernel spreads connections over two processes, and each
     one answers /metrics with the sum of both; the supervisor removes its metrics
     directory when it stops."""
     port = devstack.free_port()
     env = dict(
-        os.environ, REDIS_URL=settings.redis_url, DATABASE_URL=settings.database_url,
-        GATEWAY_KEY_PREFIX=settings.key_prefix, GATEWAY_PORT=str(port), TMPDIR=str(tmp_path),
+        os.environ,
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=settings.database_url,
+        GATEWAY_KEY_PREFIX=settings.key_prefix,
+        GATEWAY_PORT=str(port),
+        TMPDIR=str(tmp_path),
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--workers", "2"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--workers",
+        "2",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -183,13 +214,15 @@ async def test_gateway_workers_answer_metrics_for_all_processes(settings: Settin
             for _ in range(6):
                 async with session.get(base + "/metrics") as response:
                     text = await response.text()
-                counts.append(sample(text, "gateway_http_requests_total", route="/healthz", status="200"))
+                counts.append(
+                    sample(text, "gateway_http_requests_total", route="/healthz", status="200")
+                )
         pids = {p.name.rsplit("_", 1)[-1] for p in dirs[0].glob("*.db")}
         assert len(pids) == 2
         assert counts == [30.0] * 6
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=40)
+        await asyncio.wait_for(proc.wait(), timeout=40)
     assert proc.returncode == 0
     assert not dirs[0].exists()
 

@@ -55,11 +55,28 @@ def ops_settings(settings: Settings) -> Settings:
 async def ops_client(ops_settings: Settings) -> Any:
     client = await make_client(ops_settings)
     yield client
+    await _close(client)
+
+
+async def _close(client: TestClient[Any, Any]) -> None:
+    # Let the reference cache's start-up refresh end first: a cancellation that lands
+    # inside one of its Redis calls can be swallowed (redis-py socket timeouts on
+    # Python 3.11), and the app's clean-up then waits for that task forever.
+    await asyncio.sleep(0.3)
     await client.close()
 
 
+@pytest.fixture
+async def closed_client(settings: Settings) -> Any:
+    client = await make_client(settings)  # no operator digest configured
+    yield client
+    await _close(client)
+
+
 # -- the token ----------------------------------------------------------------------------
-async def test_ops_page_and_its_data_require_an_operator_token(ops_client: TestClient[Any, Any]) -> None:
+async def test_ops_page_and_its_data_require_an_operator_token(
+    ops_client: TestClient[Any, Any],
+) -> None:
     page = await ops_client.get("/ops", allow_redirects=False)
     assert (page.status, page.headers["Location"]) == (303, "/ops/login")
     for path in ("/ops/api/state", "/ops/events", "/ops/static/ops.js"):
@@ -71,7 +88,9 @@ async def test_ops_page_and_its_data_require_an_operator_token(ops_client: TestC
     assert set(await allowed.json()) >= {"healthy", "series", "current", "dead_letters"}
 
 
-async def test_login_sets_a_session_cookie_that_tampering_breaks(ops_client: TestClient[Any, Any]) -> None:
+async def test_login_sets_a_session_cookie_that_tampering_breaks(
+    ops_client: TestClient[Any, Any],
+) -> None:
     refused = await ops_client.post("/ops/login", data={"token": "guess"}, allow_redirects=False)
     assert refused.status == 401
     assert "gw_ops" not in refused.cookies
@@ -88,14 +107,18 @@ async def test_login_sets_a_session_cookie_that_tampering_breaks(ops_client: Tes
     assert denied.status == 401
 
 
-async def test_operator_access_is_off_when_no_digest_is_configured(client: TestClient[Any, Any]) -> None:
-    response = await client.get("/ops/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
+async def test_operator_access_is_off_when_no_digest_is_configured(
+    closed_client: TestClient[Any, Any],
+) -> None:
+    response = await closed_client.get("/ops/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status == 403
     assert (await response.json())["error"] == "operator_access_not_configured"
 
 
 async def test_public_endpoints_need_no_token(ops_client: TestClient[Any, Any]) -> None:
-    response = await ops_client.post("/v1/registrations", data=orjson.dumps(valid_body(3)), headers=HEADERS)
+    response = await ops_client.post(
+        "/v1/registrations", data=orjson.dumps(valid_body(3)), headers=HEADERS
+    )
     assert response.status == 202
     assert (await ops_client.get("/healthz")).status == 200
     assert (await ops_client.get("/metrics")).status == 200
@@ -142,13 +165,21 @@ async def test_page_draws_charts_and_follows_registrations_as_they_arrive_and_dr
             assert response.status == 202
         await page.wait_for("document.getElementById('backlog').textContent === '40'", timeout=20)
         assert await page.evaluate("document.getElementById('writers').textContent") == "0"
-        assert "no writer alive" in await page.evaluate("document.getElementById('problems').textContent")
+        assert "no writer alive" in await page.evaluate(
+            "document.getElementById('problems').textContent"
+        )
 
         stop = asyncio.Event()
-        writer = asyncio.create_task(run_writer(ops_settings.with_changes(writer_metrics_port=0), stop))
+        writer = asyncio.create_task(
+            run_writer(ops_settings.with_changes(writer_metrics_port=0), stop)
+        )
         try:
-            await page.wait_for("document.getElementById('backlog').textContent === '0'", timeout=30)
-            await page.wait_for("document.getElementById('writers').textContent === '1'", timeout=20)
+            await page.wait_for(
+                "document.getElementById('backlog').textContent === '0'", timeout=30
+            )
+            await page.wait_for(
+                "document.getElementById('writers').textContent === '1'", timeout=20
+            )
             await page.wait_for("window.opsPage.points.some(p => p.drain_rate > 0)", timeout=20)
             peak = await page.evaluate("Math.max(...window.opsPage.points.map(p => p.backlog))")
             assert peak == 40

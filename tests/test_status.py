@@ -26,15 +26,24 @@ from tests.test_writer import append_people, make_writer
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     return dict(
-        os.environ, REDIS_URL=settings.redis_url, DATABASE_URL=settings.database_url,
-        GATEWAY_KEY_PREFIX=settings.key_prefix, **extra,
+        os.environ,
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=settings.database_url,
+        GATEWAY_KEY_PREFIX=settings.key_prefix,
+        **extra,
     )
 
 
 async def status(settings: Settings, cwd: Path, *args: str, **extra: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "status", *args, cwd=cwd,
-        env=env_for(settings, **extra), stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "status",
+        *args,
+        cwd=cwd,
+        env=env_for(settings, **extra),
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
@@ -69,15 +78,18 @@ async def test_status_is_unhealthy_when_no_writer_drains_and_the_oldest_entry_ag
 ) -> None:
     await append_people(settings, 20)
     await asyncio.sleep(0.7)
-    code, out = await status(settings, tmp_path, "--json", "--sample", "0",
-                             GATEWAY_ALERT_OLDEST_AGE_S="0.5")
+    code, out = await status(
+        settings, tmp_path, "--json", "--sample", "0", GATEWAY_ALERT_OLDEST_AGE_S="0.5"
+    )
     report = orjson.loads(out)
     assert code == 1
     assert report["backlog"] == 20 and report["lag"] == 20 and report["pending"] == 0
     assert report["oldest_age_s"] >= 0.7
     assert any("no writer alive" in p for p in report["problems"])
     assert any("oldest registration" in p for p in report["problems"])
-    code, table = await status(settings, tmp_path, "--sample", "0", GATEWAY_ALERT_OLDEST_AGE_S="0.5")
+    code, table = await status(
+        settings, tmp_path, "--sample", "0", GATEWAY_ALERT_OLDEST_AGE_S="0.5"
+    )
     assert code == 1
     assert "UNHEALTHY" in table and "writers alive 0" in table
     assert any(line.split()[:2] == ["0", "20"] for line in table.splitlines())
@@ -114,14 +126,24 @@ async def test_status_watch_shows_the_backlog_rise_and_drain(
 ) -> None:
     await _writer_heartbeat(settings)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "status", "--watch", "--interval", "0.3", cwd=tmp_path,
-        env=env_for(settings), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "gateway",
+        "status",
+        "--watch",
+        "--interval",
+        "0.3",
+        cwd=tmp_path,
+        env=env_for(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     assert proc.stdout is not None
     seen: list[int] = []
 
     async def backlog_shown(expected: int) -> bool:
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)  # type: ignore[union-attr]
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
         words = line.decode().split()
         if words[:1] == ["0"] and len(words) >= 2:  # the shard row: shard, backlog, ...
             seen.append(int(words[1].replace(",", "")))
@@ -147,7 +169,9 @@ async def test_status_watch_shows_the_backlog_rise_and_drain(
     assert await pg.fetchval("SELECT count(*) FROM registrations") == 25
 
 
-async def test_status_exits_unhealthy_when_redis_is_unreachable(settings: Settings, tmp_path: Path) -> None:
+async def test_status_exits_unhealthy_when_redis_is_unreachable(
+    settings: Settings, tmp_path: Path
+) -> None:
     closed = f"redis://127.0.0.1:{devstack.free_port()}/0"
     started = time.monotonic()
     code, out = await status(settings.with_changes(redis_url=closed), tmp_path, "--json")
@@ -158,7 +182,9 @@ async def test_status_exits_unhealthy_when_redis_is_unreachable(settings: Settin
     assert time.monotonic() - started < 30
 
 
-async def test_status_reads_the_rates_a_gateway_recorded(settings: Settings, tmp_path: Path, client: Any) -> None:
+async def test_status_reads_the_rates_a_gateway_recorded(
+    settings: Settings, tmp_path: Path, client: Any
+) -> None:
     """With a gateway running, one-shot status needs no sampling pause: the gateway's
     once-a-second history already holds the rates."""
     await _writer_heartbeat(settings)
