@@ -908,15 +908,18 @@ SCENARIOS: tuple[Spec, ...] = (
 )
 
 
-async def run_scenario(spec: Spec, cluster: Cluster, pace: Pace, seed: int) -> Row:
+async def run_scenario(spec: Spec, cluster: Cluster, pace: Pace, seed: int,
+                       shared: Harness | None = None) -> Row:
+    """One scenario on its own stack, or on ``shared`` (the short form: one gateway and
+    one writer live through every fault, each row reconciled on its own)."""
     row = Row(spec.name)
     high_water = str(int(pace.rate * pace.outage_s * 0.6))
     env = {k: v.replace("{high_water}", high_water) for k, v in spec.env.items()}
-    h = Harness(cluster, spec.name, redis_options=spec.redis_options, env=env)
-    load = Load("", seed=seed, rate=pace.rate)
+    h = shared or Harness(cluster, spec.name, redis_options=spec.redis_options, env=env)
+    load = Load(h.url, seed=seed, rate=pace.rate)
     try:
-        await h.up(gateways=spec.gateways)
-        load.url = h.url
+        if shared is None:
+            await h.up(gateways=spec.gateways)
         await load.start()
         run = Run(h, load, pace, row)
         await spec.inject(run)
@@ -934,22 +937,37 @@ async def run_scenario(spec: Spec, cluster: Cluster, pace: Pace, seed: int) -> R
     finally:
         with contextlib.suppress(Exception):
             await load.stop(settle_s=0)
-        await h.down()
+        if shared is None:
+            await h.down()
     return row
+
+
+def _plain(spec: Spec) -> bool:
+    return not (spec.redis_options or spec.env or spec.after) and spec.gateways == 1
 
 
 async def run_all(names: list[str], short: bool, root: Path, seed: int) -> list[Row]:
     pace = SHORT if short else FULL
     specs = [s for s in SCENARIOS if (s.name in names if names else (s.short or not short))]
+    started = time.monotonic()
     cluster = await Cluster.start(root)
+    shared: Harness | None = None
     rows: list[Row] = []
     try:
+        if short and sum(_plain(s) for s in specs) > 1:
+            shared = Harness(cluster, "short")
+            await shared.up()
+        print(f"chaos: servers ready ({time.monotonic() - started:.1f}s)", file=sys.stderr,
+              flush=True)
         for i, spec in enumerate(specs):
             started = time.monotonic()
-            rows.append(await run_scenario(spec, cluster, pace, seed + i))
+            on = shared if shared is not None and _plain(spec) else None
+            rows.append(await run_scenario(spec, cluster, pace, seed + i, on))
             print(f"chaos: {spec.name} {'ok' if rows[-1].ok else 'FAILED'} "
                   f"({time.monotonic() - started:.1f}s)", file=sys.stderr, flush=True)
     finally:
+        if shared is not None:
+            await shared.down()
         await asyncio.to_thread(cluster.pg.stop)
     return rows
 
