@@ -108,18 +108,19 @@ def summarise(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
         key = f"{label}_{processes}p"
         services[key] = {
             metric: _median_of(rows, label, processes, metric)
-            for metric in ("accepted_per_s", "p50_ms", "p99_ms", "wrk_cores",
-                           "wrk_share_of_machine")
+            for metric in ("accepted_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_answer",
+                           "wrk_cores", "wrk_share_of_machine")
         }
         if label != "bare":
             services[key]["round_trips_per_accepted"] = _median_redis(
                 rows, label, processes, "round_trips_per_accepted")
             services[key]["mean_batch"] = _median_redis(rows, label, processes, "mean_batch")
     # Ratios per repeat (runs seconds apart), then their median.
-    def per_repeat(a: tuple[str, int], b: tuple[str, int]) -> float | None:
+    def per_repeat(a: tuple[str, int], b: tuple[str, int],
+                   key: str = "accepted_per_s") -> float | None:
         values = []
         for repeat in sorted({r["repeat"] for r in rows}):
-            pick = {(r["service"], r["processes"]): r["accepted_per_s"]
+            pick = {(r["service"], r["processes"]): r[key]
                     for r in rows if r["repeat"] == repeat}
             value = ratio(pick.get(a), pick.get(b))
             if value is not None:
@@ -130,6 +131,11 @@ def summarise(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
         "processes": n,
         "services": services,
         "gateway_vs_ceiling": per_repeat(("gateway", n), ("bare", n)),
+        # CPU the servers spent per answer, bare / gateway: the throughput ratio the
+        # machine would show if the servers had the cores to themselves (steadier than
+        # throughput when other tenants take a varying share of the cores).
+        "ceiling_vs_gateway_cpu_per_answer": per_repeat(
+            ("bare", n), ("gateway", n), "server_cpu_us_per_answer"),
         "gateway_vs_ceiling_1p": per_repeat(("gateway", 1), ("bare", 1)),
         "coalesced_vs_uncoalesced": per_repeat(("gateway", n), ("uncoalesced", n)),
         f"scaling_bare_{n}p_vs_1p": per_repeat(("bare", n), ("bare", 1)) if n != 1 else None,

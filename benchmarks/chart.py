@@ -128,9 +128,21 @@ def profile(ax: Axes, results: dict[str, Any]) -> None:
     us = p.get("us_per_request")
     if not us:
         return _empty(ax, "CPU per request")
-    labels = list(us)
-    _bars(ax, labels, [us[k] for k in labels], [GATEWAY] * len(labels),
-          f"Gateway CPU per request ({p.get('cpu_us_per_request', 0):,.0f} µs, py-spy)", "µs")
+    bare = _get(p, "bare", "us_per_request") or {}
+    labels = [k for k in ("framework", "parse", "validate", "identity", "append", "metrics",
+                          "other") if k in us or k in bare]
+    ys = range(len(labels))
+    ax.barh([y - 0.2 for y in ys], [us.get(k, 0) for k in labels], 0.4, color=GATEWAY,
+            label=f"gateway ({p.get('cpu_us_per_request') or 0:,.0f} µs)")
+    if bare:
+        ax.barh([y + 0.2 for y in ys], [bare.get(k, 0) for k in labels], 0.4, color=CEILING,
+                label=f"bare aiohttp ({_get(p, 'bare', 'cpu_us_per_request') or 0:,.0f} µs)")
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("µs of CPU per request")
+    ax.set_title("Where the CPU goes, one process (py-spy)", fontsize=10)
+    ax.legend(fontsize=8)
 
 
 def clients(ax: Axes, results: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """Hot-path micro-benchmarks: the gateway's per-request pieces against cheaper
 replacements that give the same result, to put figures on the changes the profile
 suggests. Pure CPU, one process, the same template bodies wrk sends; each figure is the
-best of several timed loops (microseconds per call).
+best of several timed loops (microseconds per call): other tenants of a shared machine
+only ever slow a loop down.
 
 The replacements are proposals, measured here, not code the gateway runs:
 

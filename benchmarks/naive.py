@@ -114,7 +114,15 @@ def throughput_at_p99(points: list[tuple[float, float]], p99_ms: float) -> float
 
 
 def _row(service: str, run: WrkRun, **extra: Any) -> dict[str, Any]:
-    return {"service": service, **run.summary(), **extra}
+    row = {"service": service, **run.summary(), **extra}
+    # Everything this design burnt per accepted registration: HTTP processes, database,
+    # Redis and (for the gateway) the writer, all on the same 2 cores.
+    cores = sum(v for k, v in run.cpu.items()
+                if k.endswith("_cores") and not k.startswith("machine"))
+    accepted = run.accepted()
+    row["all_cpu_us_per_accepted"] = (round(cores * run.duration_s / accepted * 1e6, 1)
+                                      if accepted else None)
+    return row
 
 
 def run(session: Session) -> dict[str, Any]:
@@ -217,6 +225,9 @@ def summarise(sweep: list[dict[str, Any]], stalls: list[dict[str, Any]],
         # curve), and the same using measured points only (no interpolation).
         "throughput_ratio_at_naive_p99": equal_p99,
         "throughput_ratio_at_naive_p99_measured_points": measured_only,
+        "naive_vs_gateway_cpu_per_accepted": ratio(
+            naive["all_cpu_us_per_accepted"] if naive else None,
+            gateway["all_cpu_us_per_accepted"] if gateway else None),
         "stalls": {},
     }
     baseline = {"naive": naive, "gateway": gateway}
@@ -237,6 +248,6 @@ def summarise(sweep: list[dict[str, Any]], stalls: list[dict[str, Any]],
 def _brief(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    keys = ("accepted_per_s", "p50_ms", "p99_ms", "max_ms", "stored_per_s_during_run",
-            "backlog_at_end", "drained_after_s")
+    keys = ("accepted_per_s", "p50_ms", "p99_ms", "max_ms", "all_cpu_us_per_accepted",
+            "stored_per_s_during_run", "backlog_at_end", "drained_after_s")
     return {k: row[k] for k in keys if k in row}

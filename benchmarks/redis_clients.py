@@ -173,26 +173,37 @@ def _clean_env() -> dict[str, str]:
 
 
 def run(session: Any) -> dict[str, Any]:
+    """Each interpreter runs the loop ``rounds`` times, interleaved with the others; the
+    best figure per mode is kept (on a shared machine, other tenants only slow a loop
+    down, so the best round is the closest to what the client itself costs)."""
     from benchmarks.harness import say
 
     cfg = session.config
     url = session.stack.redis.url
-    results: list[dict[str, Any]] = []
-    say("clients  project venv")
-    project = _measure(sys.executable, url, cfg.loop_seconds, "bench:clients:project:")
-    project["label"] = f"project venv (redis {project['versions']['redis_py']})"
-    results.append(project)
+    pythons: list[tuple[str, str]] = [("project venv", sys.executable)]
+    errors: list[dict[str, Any]] = []
     for version in cfg.redis_versions:
         try:
-            python = _venv(cfg.data_dir / "venvs", version)
+            pythons.append((f"redis {version}", str(_venv(cfg.data_dir / "venvs", version))))
         except subprocess.CalledProcessError as exc:
-            results.append({"label": f"redis {version}", "error": str(exc)})
-            continue
-        say(f"clients  redis {version}")
-        measured = _measure(str(python), url, cfg.loop_seconds, f"bench:clients:{version}:")
-        measured["label"] = f"redis {version}"
-        results.append(measured)
-    return {"loop_seconds": cfg.loop_seconds, "concurrency": CONCURRENCY, "results": results,
+            errors.append({"label": f"redis {version}", "error": str(exc)})
+    rounds = 1 if cfg.quick else 3
+    best: dict[str, dict[str, Any]] = {}
+    for round_ in range(rounds):
+        for label, python in pythons:
+            say(f"clients  {label}, round {round_ + 1} of {rounds}")
+            measured = _measure(python, url, cfg.loop_seconds, f"bench:clients:{len(best)}:")
+            kept = best.setdefault(label, {"label": label, "versions": measured["versions"],
+                                           "appended_per_s": {}, "rounds": []})
+            kept["rounds"].append(measured["appended_per_s"])
+            for mode, value in measured["appended_per_s"].items():
+                kept["appended_per_s"][mode] = max(kept["appended_per_s"].get(mode, 0), value)
+    results = list(best.values())
+    project = results[0]
+    project["label"] = f"project venv (redis {project['versions']['redis_py']})"
+    results += errors
+    return {"loop_seconds": cfg.loop_seconds, "concurrency": CONCURRENCY, "rounds": rounds,
+            "statistic": "best round per mode", "results": results,
             "summary": summarise(results)}
 
 

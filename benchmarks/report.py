@@ -143,37 +143,117 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _header(*names: str) -> list[str]:
+    return [_row(*names), _row(*(["---"] * len(names)))]
+
+
 def _detail_rows(results: dict[str, Any]) -> list[str]:
-    rows = ["| run | accepted/s | p50 ms | p99 ms | wrk CPU (cores) |", "|---|---|---|---|---|"]
+    rows: list[str] = []
+    for part in (_http_rows, _naive_rows, _drain_rows, _client_rows, _profile_rows, _hot_rows):
+        found = part(results)
+        if found:
+            rows += [*found, ""]
+    return rows
+
+
+def _http_rows(results: dict[str, Any]) -> list[str]:
     services = _get(results, "ceiling", "summary", "services") or {}
-    names = {"bare": "bare aiohttp", "gateway": "gateway",
-             "uncoalesced": "gateway without coalescing"}
+    if not services:
+        return []
+    rows = _header("HTTP, same concurrency", "accepted/s", "p50 ms", "p99 ms",
+                   "server CPU µs/answer", "Redis round trips/registration",
+                   "wrk CPU (cores)")
+    names = {"bare": "bare aiohttp + uvloop", "gateway": "gateway",
+             "uncoalesced": "gateway, one EVALSHA per registration"}
     for key in sorted(services, key=lambda k: (list(names).index(k.rsplit("_", 1)[0]), k)):
         label, _, count = key.rpartition("_")
         s = services[key]
-        label = f"{names[label]}, {count[:-1]} process{'es' if count != '1p' else ''}"
-        if s:
-            rows.append(f"| {label} | {_fmt(s['accepted_per_s'])} | {_fmt(s['p50_ms'], 1)} | "
-                        f"{_fmt(s['p99_ms'], 1)} | {_fmt(s['wrk_cores'], 2)} |")
-    naive = _get(results, "naive", "summary") or {}
-    n = _get(results, "ceiling", "summary", "processes") or _get(
-        results, "environment", "config", "processes")
-    for key, label in (("naive", f"naive INSERT per request, {n} processes"),
-                       ("gateway", f"gateway + writer, {n} processes")):
-        s = naive.get(key)
-        if s:
-            rows.append(f"| {label} | {_fmt(s['accepted_per_s'])} | {_fmt(s['p50_ms'], 1)} | "
-                        f"{_fmt(s['p99_ms'], 1)} | |")
-    for kind, services_ in (naive.get("stalls") or {}).items():
-        for service, s in services_.items():
-            rows.append(f"| {service}, PostgreSQL {kind} stall | {_fmt(s['accepted_per_s'])} | "
-                        f"{_fmt(s['p50_ms'], 1)} | {_fmt(s['p99_ms'], 1)} | |")
+        rows.append(_row(
+            f"{names[label]}, {count[:-1]} process{'es' if count != '1p' else ''}",
+            _fmt(s["accepted_per_s"]), _fmt(s["p50_ms"], 1), _fmt(s["p99_ms"], 1),
+            _fmt(s.get("server_cpu_us_per_answer")), _fmt(s.get("round_trips_per_accepted"), 3),
+            _fmt(s["wrk_cores"], 2)))
+    return rows
+
+
+def _naive_rows(results: dict[str, Any]) -> list[str]:
+    naive = _get(results, "naive") or {}
+    if "sweep" not in naive:
+        return []
+    rows = _header("design", "connections", "accepted/s", "p50 ms", "p99 ms",
+                   "CPU µs/registration, all processes", "answers other than 202")
+    label = {"naive": "naive INSERT per request", "gateway": "gateway + writer"}
+    for r in [*naive["sweep"], *naive.get("stalls", [])]:
+        stall = r.get("stall")
+        name = label[r["service"]] + (f", PostgreSQL {stall['kind']} for "
+                                      f"{stall['end_s'] - stall['start_s']:.0f} s" if stall else "")
+        other = sum(int(v) for k, v in r["statuses"].items() if k != "202")
+        other += sum(int(v) for v in r["socket_errors"].values())
+        rows.append(_row(name, r["connections"], _fmt(r["accepted_per_s"]), _fmt(r["p50_ms"], 1),
+                         _fmt(r["p99_ms"], 1), _fmt(r.get("all_cpu_us_per_accepted")), other))
+    return rows
+
+
+def _drain_rows(results: dict[str, Any]) -> list[str]:
     drain = _get(results, "drain") or {}
-    if "writers" in drain:
-        rows += ["", "| writer / raw COPY | rows/s |", "|---|---|"]
-        for w in drain["writers"]:
-            rows.append(f"| writer, {w['processes']} process(es), batch {w['batch']} | "
-                        f"{_fmt(w['rows_per_s'])} |")
-        for mode, value in drain["raw_rows_per_s"].items():
-            rows.append(f"| raw {mode.replace('_', ' ')} (one connection) | {_fmt(value)} |")
+    if "writers" not in drain:
+        return []
+    rows = _header("into PostgreSQL", "rows/s", "writer CPU (cores)", "PostgreSQL CPU (cores)")
+    for w in drain["writers"]:
+        rows.append(_row(f"writer, {w['processes']} process{'es' if w['processes'] > 1 else ''}, "
+                         f"batch {w['batch']}", _fmt(w["rows_per_s"]),
+                         _fmt(w["cpu"].get("writer_cores"), 2),
+                         _fmt(w["cpu"].get("postgres_cores"), 2)))
+    for mode, value in drain["raw_rows_per_s"].items():
+        rows.append(_row(f"raw {mode.replace('_', ' ')}, one connection", _fmt(value), "", ""))
+    return rows
+
+
+def _client_rows(results: dict[str, Any]) -> list[str]:
+    found = [r for r in (_get(results, "clients", "results") or []) if "appended_per_s" in r]
+    if not found:
+        return []
+    modes = list(found[0]["appended_per_s"])
+    rows = _header("redis-py append loop, appended/s", *modes)
+    for r in found:
+        rows.append(_row(r["label"], *(_fmt(r["appended_per_s"][m]) for m in modes)))
+    return rows
+
+
+def _profile_rows(results: dict[str, Any]) -> list[str]:
+    gateway = _get(results, "profile", "us_per_request")
+    if not gateway:
+        return []
+    bare = _get(results, "profile", "bare", "us_per_request") or {}
+    rows = _header("CPU per request (py-spy), µs", "gateway", "bare aiohttp")
+    for key in ("framework", "parse", "validate", "identity", "append", "metrics", "other"):
+        rows.append(_row(key, _fmt(gateway.get(key)), _fmt(bare.get(key)) if bare else ""))
+    rows.append(_row("**total**", _fmt(_get(results, "profile", "cpu_us_per_request")),
+                     _fmt(_get(results, "profile", "bare", "cpu_us_per_request"))))
+    return rows
+
+
+def _hot_rows(results: dict[str, Any]) -> list[str]:
+    hot = _get(results, "hotpath") or {}
+    if "new_token_us" not in hot:
+        return []
+    rows = _header("per-request piece (µs per call, best of 5 loops)", "now", "proposed")
+    pairs = (
+        ("registration token", hot["new_token_us"], "now", "one_urandom_read"),
+        ("keyed hashes (identity, phone)", hot["keyed_hashes_us"], "now", "copied_hmac"),
+        ("payload + fingerprint", hot["payload_and_fingerprint_us"], "to_payload_twice",
+         "to_payload_once"),
+        ("body read timeout", hot["body_timeout_us"], "with_asyncio_timeout", "without"),
+        ("metrics, single-process mode", hot["metrics_us"]["single_process"],
+         "labels_per_request", "cached_children"),
+        ("metrics, multiprocess mode", hot["metrics_us"]["multiprocess"],
+         "labels_per_request", "cached_children"),
+    )
+    for name, values, now, proposed in pairs:
+        rows.append(_row(name, _fmt(values[now], 1), _fmt(values[proposed], 1)))
+    rows.append(_row("validate() (for scale)", _fmt(hot["validate_us"], 1), ""))
     return rows
