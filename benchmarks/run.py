@@ -50,7 +50,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         stall_kinds=("lock",) if quick else ("lock", "pause"),
         wrk_threads=args.threads,
         redis_versions=() if quick else tuple(args.redis_versions.split(",")),
-        loop_seconds=0.3 if quick else 3.0,
+        loop_seconds=0.3 if quick else 2.0,
         writer_configs=((1, 500),) if quick else ((1, 500), (1, 2000), (2, 500)),
         processes=1 if quick else 2,
         scaling=not quick,
