@@ -170,8 +170,10 @@ async def _on_shutdown(app: web.Application) -> None:
 @web.middleware
 async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rt = request.app[RUNTIME]
-    if rt.draining:
-        return await handler(request)
+    if rt.draining:  # answered (503), and the client told to reconnect: to another process
+        response = await handler(request)
+        response.force_close()
+        return response
     rt.in_flight += 1
     try:
         return await handler(request)

@@ -542,6 +542,7 @@ async def test_sigterm_lets_in_flight_requests_finish_and_takes_no_new_ones(
         writer.write(_request_head(body) + body)
         head = await asyncio.wait_for(reader.read(4096), 5)
         assert head.startswith(b"HTTP/1.1 503") and b"Retry-After" in head
+        assert b"Connection: close" in head  # reconnect, to a process that is not leaving
         writer.close()
         answers = []
         for (reader, writer), body in zip(conns, bodies, strict=True):
