@@ -45,16 +45,18 @@ class Measured:
     source: str
 
 
-# From loadtests/reports/surge/capacity.json (surge, 2 gateway processes, 1 writer, a
-# shared 2-CPU machine); rerun a surge and pass --measured for figures of your hardware.
+# From loadtests/reports/surge/capacity.json: a surge of 100 users (about 120 requests/s)
+# on a shared 2-CPU machine, 2 gateway processes and 1 writer. Per-request costs fall as
+# concurrent requests share Redis round trips, so at launch-day rates these are upper
+# bounds; measure your own hardware at your own rates and pass --measured.
 REFERENCE = Measured(
-    gateway_cpu_s_per_request=0.00119,
-    redis_cpu_s_per_request=0.000125,
-    writer_cpu_s_per_row=0.000438,
-    postgres_cpu_s_per_row=0.000340,
-    stream_bytes_per_entry=1304.0,
-    dedupe_bytes_per_person=211.0,
-    new_share=0.84,
+    gateway_cpu_s_per_request=0.001657,
+    redis_cpu_s_per_request=0.000272,
+    writer_cpu_s_per_row=0.000193,
+    postgres_cpu_s_per_row=0.000163,
+    stream_bytes_per_entry=885.0,
+    dedupe_bytes_per_person=210.0,
+    new_share=0.85,
     source="reference surge run (loadtests/reports/surge)",
 )
 
