@@ -64,6 +64,8 @@ def charge(f: Figures, samples: Sequence[dict[str, float]], s: Series) -> None:
     during = [x for x in samples if s.t0 <= x["t"] <= s.t0 + s.seconds + 1]
     if len(during) < 2:
         return
+    # Roles without process ids (a remote deployment) have no counters: leave them out.
+    known = {r for r in (*PER_REQUEST, *PER_ROW) if during[-1][f"cpu_{r}"] > during[0][f"cpu_{r}"]}
     spans = windows(during, s)
     busy = [w for w in spans if w[0] > 0]
     marginal = len(busy) >= MIN_WINDOWS
@@ -71,7 +73,7 @@ def charge(f: Figures, samples: Sequence[dict[str, float]], s: Series) -> None:
         (PER_REQUEST, 0, f.cpu_s_per_request),
         (PER_ROW, 1, f.cpu_s_per_row),
     ):
-        for role in roles:
+        for role in (r for r in roles if r in known):
             key = f"cpu_{role}"
             rates = [(w[index], (w[3][key] - w[2][key]) / (w[3]["t"] - w[2]["t"])) for w in busy]
             fitted = slope([r[0] for r in rates], [r[1] for r in rates]) if marginal else None
@@ -80,23 +82,23 @@ def charge(f: Figures, samples: Sequence[dict[str, float]], s: Series) -> None:
             else:
                 target[role] = round(fitted, 7)
     if not marginal:
-        _average(f, during)
-        f.cpu_method = "average over the load (one load level: not enough for a fit)"
+        _average(f, during, known)
+        f.cpu_method = "average over the load (too few load levels for a fit)"
     else:
         f.cpu_method = f"marginal: least-squares slope over {len(busy)} windows of {WINDOW_S:.0f} s"
     first, last = during[0], during[-1]
     used = {r: last[f"cpu_{r}"] - first[f"cpu_{r}"] for r in (*PER_REQUEST, *PER_ROW)}
-    if sum(used.values()) > 0:
+    if "gateway" in known and sum(used.values()) > 0:  # a share of the whole: all roles seen
         f.load_generator_cpu_share = round(used["locust"] / sum(used.values()), 3)
 
 
-def _average(f: Figures, during: Sequence[dict[str, float]]) -> None:
+def _average(f: Figures, during: Sequence[dict[str, float]], known: set[str]) -> None:
     first, last = during[0], during[-1]
     requests = max(f.requests, 1)
     rows = max(last["drained"] - first["drained"], 1.0)
-    for role in PER_REQUEST:
+    for role in (r for r in PER_REQUEST if r in known):
         f.cpu_s_per_request[role] = round(
             (last[f"cpu_{role}"] - first[f"cpu_{role}"]) / requests, 7
         )
-    for role in PER_ROW:
+    for role in (r for r in PER_ROW if r in known):
         f.cpu_s_per_row[role] = round((last[f"cpu_{role}"] - first[f"cpu_{role}"]) / rows, 7)
