@@ -15,7 +15,7 @@ from gateway.cli import main
 from gateway.exceptions import ConfigurationError
 from loadtests import plan as load_plan
 from loadtests.answers import Answer
-from loadtests.figures import series, sustainable_rate
+from loadtests.figures import compute, series, sustainable_rate
 
 FIGURES = Measured(
     gateway_cpu_s_per_request=0.001,  # 1,000 requests/s per core
@@ -181,3 +181,48 @@ def test_sustainable_rate_is_the_best_window_within_the_objectives() -> None:
     rate, requests = sustainable_rate(series(answers, t0=1000.0), load_plan.Objectives(p99_ms=500))
     assert rate == pytest.approx(20.0, abs=1.0)
     assert requests == pytest.approx(rate)
+
+
+def test_cpu_per_request_is_the_marginal_cost_not_the_idle_overhead() -> None:
+    # 80 s at four load levels; the gateway burns 0.3 CPU-s/s idle plus 2 ms a request.
+    levels = [10] * 20 + [100] * 20 + [40] * 20 + [150] * 20
+    answers = [
+        Answer(
+            1000.0 + second + i / (rate + 1),
+            5.0,
+            202,
+            f"0-{second}-{i}-abcdefghjk",
+            "p",
+            "new",
+            "web",
+        )
+        for second, rate in enumerate(levels)
+        for i in range(rate)
+    ]
+    samples, cpu, rows = [], 0.0, 0.0
+    for second in range(len(levels) + 1):
+        samples.append(
+            {
+                "t": 1000.0 + second,
+                "backlog": 0.0,
+                "pending": 0.0,
+                "stream_bytes": 0.0,
+                "used_memory": 0.0,
+                "drained": rows,
+                "keys": 0.0,
+                "cpu_gateway": cpu,
+                "cpu_writer": rows * 0.0005 + second * 0.05,
+                "cpu_redis": cpu / 10,
+                "cpu_postgres": rows * 0.0003,
+                "cpu_locust": cpu / 2,
+            }
+        )
+        if second < len(levels):
+            cpu += 0.3 + levels[second] * 0.002
+            rows += levels[second]
+    figures = compute(answers, samples, load_plan.Objectives())
+    assert figures.cpu_method.startswith("marginal")
+    assert figures.cpu_s_per_request["gateway"] == pytest.approx(0.002, rel=0.05)
+    assert figures.cpu_s_per_row["writer"] == pytest.approx(0.0005, rel=0.05)
+    average = (samples[-1]["cpu_gateway"] - samples[0]["cpu_gateway"]) / len(answers)
+    assert average > 0.0025  # the average would have charged the idle time to requests
