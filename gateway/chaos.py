@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import shutil
@@ -163,7 +164,7 @@ class Load:
                                               headers=headers) as resp:
                     status, retry_after = resp.status, resp.headers.get("Retry-After")
                     body = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = type(exc).__name__
             attempt = Attempt(started - self._t0, time.monotonic() - started, status,
                               retry_after, error or _error_code(body))
@@ -291,7 +292,7 @@ class Harness:
             while time.monotonic() < deadline:
                 if any(p.poll() is not None for p in self.gateways + self.writers):
                     raise RuntimeError(f"a process of {self.name} exited early; see {self.root}")
-                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
                     async with session.get(self.url + "/readyz") as resp:
                         if resp.status == 200:
                             return
@@ -306,9 +307,9 @@ class Harness:
     async def writer_metric(self, name: str) -> float:
         """A counter from the writer's own /metrics (0 when absent)."""
         url = f"http://127.0.0.1:{self.writer_metrics_port}/metrics"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            async with session.get(url) as resp:
-                text = await resp.text()
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+            text = await resp.text()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name) and not line.startswith("#"))
 
@@ -466,9 +467,11 @@ def render(rows: list[Row]) -> str:
               str(r.crossed), f"{r.worst_latency_s:.2f}", "ok" if r.ok else "FAIL"]
              for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(HEADER)]
-    fmt = lambda cells: "| " + " | ".join(  # noqa: E731
-        cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))
-    ) + " |"
+
+    def fmt(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                                 for i, (cell, w) in enumerate(zip(cells, widths))) + " |"
+
     out = [fmt(list(HEADER)), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [fmt(line) for line in lines]
     for r in rows:
@@ -528,7 +531,7 @@ class Run:
 def _calls(stats: dict[str, Any], name: str) -> int:
     entry = stats.get(name)
     if isinstance(entry, dict):
-        return int(entry.get("calls", entry.get("count", 0)))
+        return int(entry.get("calls") or entry.get("count") or 0)
     return 0
 
 
@@ -709,7 +712,7 @@ async def postgres_down(run: Run) -> None:
     end = run.load.now()
     accepted = [a for a in run.load.tally.between(start, end) if a.status == 202]
     run.check(accepted, "intake stopped answering 202 while PostgreSQL was down")
-    shrank = sum(1 for a, b in zip(samples, samples[1:]) if b < a)
+    shrank = sum(1 for a, b in itertools.pairwise(samples) if b < a)
     run.check(samples and samples[-1] > samples[0], "the backlog did not grow during the outage")
     run.check(not shrank, "entries left the stream while PostgreSQL was down (acked uncommitted)")
     recovered = time.monotonic()
@@ -829,7 +832,7 @@ async def _abandon(port: int, sub: Any, mode: int) -> None:
     head = (f"POST /v1/registrations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Content-Type: application/json\r\nX-Channel: {sub.channel}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     writer.write(head + (body[: len(body) // 2] if mode == 0 else body))
@@ -840,10 +843,11 @@ async def _abandon(port: int, sub: Any, mode: int) -> None:
 
 
 async def _ready(url: str) -> bool:
-    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            async with session.get(url + "/readyz") as resp:
-                return resp.status == 200
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session, \
+                session.get(url + "/readyz") as resp:
+            return resp.status == 200
     return False
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -55,7 +56,8 @@ class PrivateRedis:
         os.kill(self.service.pid, sig)
 
     def client(self) -> aioredis.Redis:
-        return aioredis.Redis.from_url(self.url)
+        conn: aioredis.Redis = aioredis.Redis.from_url(self.url)
+        return conn
 
     def close(self) -> None:
         if self.service.process is not None and self.service.process.poll() is None:
@@ -202,7 +204,7 @@ def _serve(settings: Settings, redis_url: str, **env: str) -> subprocess.Complet
                 GATEWAY_PORT=str(devstack.free_port()), GATEWAY_KEY_PREFIX=settings.key_prefix,
                 GATEWAY_LOG_LEVEL="WARNING", **env)
     return subprocess.run([sys.executable, "-m", "gateway", "serve"], env=base, text=True,
-                          capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+                          capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
 
 
 @pytest.mark.parametrize(
@@ -365,7 +367,7 @@ async def test_writer_skips_entries_deleted_while_pending_records_them_and_reach
         async def done() -> bool:
             await writer.step()
             pending = (await redis.xpending(key, c.CONSUMER_GROUP))["pending"]
-            return pending == 0 and await redis.xlen(key) == 0
+            return bool(pending == 0 and await redis.xlen(key) == 0)
 
         await wait_for(done, timeout=15, interval=0)
     finally:
@@ -425,8 +427,10 @@ async def test_postgres_down_intake_keeps_answering_202_and_nothing_is_acked_bef
             await asyncio.sleep(0.05)
         assert lengths == sorted(lengths) and lengths[-1] == 20  # nothing left the stream
         assert (await redis.xpending(key, c.CONSUMER_GROUP))["pending"] >= 1  # in hand, not acked
+        cluster = private_postgres[0].data_dir
+        assert cluster is not None
         private_postgres[0] = await asyncio.to_thread(
-            devstack.start_postgres, private_postgres[0].data_dir, private_postgres[0].port)
+            devstack.start_postgres, cluster, private_postgres[0].port)
         await wait_for(lambda: _xlen_is(redis, key, 0), timeout=30, interval=0.2)
     finally:
         stop.set()
@@ -504,8 +508,8 @@ def _request_head(body: bytes, channel: str = "web") -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode()
 
 
-async def _ready(port: int, proc: subprocess.Popen[bytes]) -> bool:
-    assert proc.poll() is None, "the gateway exited"
+async def _ready(port: int, proc: asyncio.subprocess.Process) -> bool:
+    assert proc.returncode is None, "the gateway exited"
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
@@ -520,9 +524,9 @@ async def test_sigterm_lets_in_flight_requests_finish_and_takes_no_new_ones(
     settings: Settings, redis: Any
 ) -> None:
     port = devstack.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"],
-                            env=_gateway_env(settings, port), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", env=_gateway_env(settings, port),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gen = Generator(101)
     try:
         await wait_for(lambda: _ready(port, proc), timeout=60, interval=0.2)
@@ -551,11 +555,11 @@ async def test_sigterm_lets_in_flight_requests_finish_and_takes_no_new_ones(
             answers.append(await asyncio.wait_for(reader.read(65536), 10))
             writer.close()
         assert all(a.startswith(b"HTTP/1.1 202") for a in answers), answers
-        assert await asyncio.to_thread(proc.wait, 10) == 0
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.wait()
     assert await redis.xlen(settings.stream_key(0)) == 4
 
 
@@ -571,10 +575,9 @@ async def test_clients_that_abandon_requests_never_make_another_request_read_the
                                            conflict_share=0, invalid_share=0))
 
     async def abandon(body: bytes, mode: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.get_extra_info("socket").setsockopt(  # RST on close, like a dropped phone
-            __import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER,
-            b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         writer.write(_request_head(body) + (body[: len(body) // 2] if mode == 0 else body))
         await writer.drain()
         await asyncio.sleep(0.001 * mode)
@@ -585,11 +588,10 @@ async def test_clients_that_abandon_requests_never_make_another_request_read_the
         return resp.status, (await resp.json())["registration_id"]
 
     try:
-        results = await asyncio.gather(
-            *(ask(s) for s in polite),
-            *(abandon(orjson.dumps(s.body), i % 3) for i, s in enumerate(rude)),
-        )
-        first = results[: len(polite)]
+        asks = [asyncio.create_task(ask(s)) for s in polite]
+        await asyncio.gather(*asks, *(abandon(orjson.dumps(s.body), i % 3)
+                                      for i, s in enumerate(rude)))
+        first = [task.result() for task in asks]
         assert {status for status, _ in first} == {202}
         # Each person's replay names the id that person was given: no crossed replies.
         again = await asyncio.gather(*(ask(s) for s in polite))
