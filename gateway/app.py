@@ -98,7 +98,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         metrics.SHED.labels(exc.dependency).inc()
         response = error_response(
             503, "temporarily_unavailable",
-            "Registration is temporarily unavailable; nothing was recorded. Please retry.",
+            # Not "nothing was recorded": after a timeout the append may have happened.
+            "Registration is temporarily unavailable. Please retry after the given time; "
+            "a retry never registers you twice.",
             retry_after=random.randint(2, 6),
         )
     except web.HTTPRequestEntityTooLarge:

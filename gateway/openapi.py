@@ -180,7 +180,7 @@ def _register_operation() -> Schema:
             "413": _json("Error", "The body is larger than the limit."),
             "415": _json("Error", "The body is not application/json."),
             "429": _json("Error", "Rate limited (client address or phone).", retry_after=True),
-            "503": _json("Error", "Overloaded or a dependency is down; nothing was recorded.", retry_after=True),
+            "503": _json("Error", "Overloaded or a dependency is down; retry after Retry-After (a retry never registers twice).", retry_after=True),
         },
     }
 
