@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.session import Session
+from benchmarks.session import Session, median
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {
@@ -19,6 +19,15 @@ TARGETS = {
     "gateway_vs_naive_at_equal_p99": 2.0,
     "stall_p99_vs_baseline": 1.5,  # "unchanged": within 1.5x of the unstalled p99 (max)
     "writer_vs_raw_copy": 0.75,
+}
+
+
+TARGET_NAMES = {
+    "gateway_vs_ceiling": "gateway / bare aiohttp ceiling (same processes, accepted/s)",
+    "round_trips_per_registration": "Redis round trips per accepted registration",
+    "gateway_vs_naive_at_equal_p99": "gateway / naive INSERT-per-request, at equal p99",
+    "gateway_stall_p99_vs_baseline": "gateway p99 during a PostgreSQL stall / unstalled",
+    "writer_vs_raw_copy": "writer drain / raw staged COPY of the same rows",
 }
 
 
@@ -99,12 +108,24 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def write(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """results.json, summary.md, results.png; a full run also keeps its JSON under
+    runs/ so that the summary can show how much the figures move from run to run."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=1, sort_keys=False, default=str) + "\n"
     json_path = out_dir / "results.json"
-    json_path.write_text(json.dumps(results, indent=1, sort_keys=False, default=str) + "\n")
+    json_path.write_text(text)
+    paths = [json_path]
+    history: list[dict[str, Any]] = []
+    if not results.get("quick") and not results.get("partial"):
+        runs = out_dir / "runs"
+        runs.mkdir(exist_ok=True)
+        kept = runs / f"{results['started_at'].replace(':', '')}.json"
+        kept.write_text(text)
+        paths.append(kept)
+        history = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
     md_path = out_dir / "summary.md"
-    md_path.write_text(markdown_table(results) + "\n")
-    paths = [json_path, md_path]
+    md_path.write_text(markdown_table(results) + "\n" + "\n".join(spread_rows(history)) + "\n")
+    paths.append(md_path)
     try:
         from benchmarks.chart import draw
     except ImportError as exc:  # matplotlib missing: the JSON still stands
@@ -126,13 +147,7 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def markdown_table(results: dict[str, Any]) -> str:
     lines = ["| measurement | figure | target | met |", "|---|---|---|---|"]
-    names = {
-        "gateway_vs_ceiling": "gateway / bare aiohttp ceiling (same processes, accepted/s)",
-        "round_trips_per_registration": "Redis round trips per accepted registration",
-        "gateway_vs_naive_at_equal_p99": "gateway / naive INSERT-per-request, at equal p99",
-        "gateway_stall_p99_vs_baseline": "gateway p99 during a PostgreSQL stall / unstalled",
-        "writer_vs_raw_copy": "writer drain / raw staged COPY of the same rows",
-    }
+    names = TARGET_NAMES
     for key, verdict in (results.get("targets") or {}).items():
         comparator = "≤" if key in ("round_trips_per_registration",
                                     "gateway_stall_p99_vs_baseline") else "≥"
@@ -141,6 +156,22 @@ def markdown_table(results: dict[str, Any]) -> str:
                      f"{comparator} {verdict['target']} | {met} |")
     lines += ["", *_detail_rows(results)]
     return "\n".join(lines)
+
+
+def spread_rows(history: list[dict[str, Any]]) -> list[str]:
+    """Each target's figure over every full run kept in runs/ (a shared, noisy machine)."""
+    if len(history) < 2:
+        return []
+    rows = [f"Over the {len(history)} full runs kept in `results/runs/`:", "",
+            *_header("measurement", "lowest", "median", "highest", "runs meeting the target")]
+    for key, name in TARGET_NAMES.items():
+        values = [v for v in (((h.get("targets") or {}).get(key) or {}).get("measured")
+                              for h in history) if v is not None]
+        met = sum(1 for h in history if ((h.get("targets") or {}).get(key) or {}).get("met"))
+        if values:
+            rows.append(_row(name, _fmt(min(values), 3), _fmt(median(values), 3),
+                             _fmt(max(values), 3), f"{met} of {len(values)}"))
+    return rows
 
 
 def _row(*cells: Any) -> str:

@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               "quick": cfg.quick}
+                               "quick": cfg.quick, "partial": bool(cfg.only)}
     say(f"starting private Redis and PostgreSQL under {cfg.data_dir}")
     stack = Stack.start(cfg.data_dir)
     session = Session(cfg, stack, wrk, write_templates(cfg.out_dir / "templates.txt"),
