@@ -13,7 +13,7 @@ stamp file inside ``.venv`` (a broken ``.venv`` is recreated). Then:
   lint              ruff check and mypy (the ``dev`` extra)
   bench [ARGS]      benchmarks/run.py
   loadtest [ARGS]   loadtests/run.py
-  chaos [ARGS]      tests/chaos/run.py
+  chaos [ARGS]      .venv/bin/gateway chaos ARGS   (fault scenarios, reconciled table)
 
 Paths are resolved from this file, so any working directory works, for root or not.
 """
@@ -46,12 +46,11 @@ EXTRAS = {
     "lint": ("test", "dev"),
     "bench": ("test", "bench"),
     "loadtest": ("test", "loadtest"),
-    "chaos": ("test", "chaos"),
+    "chaos": ("test",),
 }
 SCRIPTS = {
     "bench": ROOT / "benchmarks" / "run.py",
     "loadtest": ROOT / "loadtests" / "run.py",
-    "chaos": ROOT / "tests" / "chaos" / "run.py",
 }
 
 
@@ -211,6 +210,8 @@ def main(argv: Sequence[str]) -> int:
         return cmd_test(rest)
     if command == "lint":
         return cmd_lint(rest)
+    if command == "chaos":
+        return run_child([str(VENV / "bin" / "gateway"), "chaos", *rest])
     return cmd_script(command, rest)
 
 
