@@ -15,7 +15,9 @@ from one machine to another better than a throughput measured on a shared box:
 
 The model is deliberately plain: a flat peak of ``--peak-rps`` for ``--hours`` (an upper
 bound), processes run at ``--utilisation`` of a core to keep headroom for spikes, and a
-backlog grows only when the writers are fewer than the arrival rate needs.
+backlog grows only when the writers are fewer than the arrival rate needs; the time to
+drain it assumes arrivals stop when the peak ends (a lower bound if they go on). CPU only:
+PostgreSQL's WAL and index writes and the network are to be checked separately.
 """
 
 from __future__ import annotations
