@@ -158,11 +158,20 @@ async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     await rt.reference.refresh()
     rt.tasks.append(asyncio.create_task(rt.reference.run()))
     yield
-    for task in rt.tasks:
-        task.cancel()
-    await asyncio.gather(*rt.tasks, return_exceptions=True)
+    await _cancel_all(rt.tasks)
     if rt.store is not None:
         await rt.store.close()
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and wait for them. A cancellation can be swallowed by a
+    driver call that was timing out at that moment, so cancel again until they end
+    (one ``gather`` after one ``cancel`` can wait forever)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
 
 
 async def _on_shutdown(app: web.Application) -> None:

@@ -253,6 +253,9 @@ class Writer:
             log.warning("%s unavailable; retrying in %.1fs", dependency, delay)
             if self.stopping.is_set():
                 return False
+            # Still alive while waiting out an outage: "writers down" must not fire
+            # beside "PostgreSQL down" (a no-op while Redis itself is away).
+            await self._beat()
             await self._sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, c.WRITER_BACKOFF_MAX_S)
 

@@ -174,6 +174,10 @@ def cmd_run(args: Sequence[str]) -> int:
 
 
 def cmd_test(args: Sequence[str]) -> int:
+    # The live ops page is tested in a real headless Chromium (Debian's package, installed
+    # with apt when root; otherwise the test says what to install).
+    if os.geteuid() == 0 and not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        run_child([str(VENV_PYTHON), str(ROOT / "ops" / "browser.py"), "--ensure"])
     code = run_child([str(VENV_PYTHON), "-m", "pytest", *args])
     if code == PYTEST_NO_TESTS:
         say("pytest collected no tests: treating that as a failure")
