@@ -234,10 +234,18 @@ class Store:
             row = await conn.fetchrow(Q["registration_status"], registration_id)
             if row is not None:
                 return str(row["status"]), int(row["doses_received"])
-            held = await conn.fetchval(Q["dead_letter_for_registration"], registration_id)
-            if held is not None:
-                return "held", 0
-        return None
+            letter = await conn.fetchrow(Q["dead_letter_for_registration"], registration_id)
+            if letter is None:
+                return None
+            if letter["state"] == "replayed" and letter["replayed_as"]:
+                # The person's first id was never stored: answer with what its replay became.
+                row = await conn.fetchrow(Q["registration_status"], letter["replayed_as"])
+                if row is not None:
+                    return str(row["status"]), int(row["doses_received"])
+                return "queued", 0
+            if letter["state"] == "dropped":
+                return "rejected", 0
+        return "held", 0
 
     async def reference(self) -> tuple[frozenset[str], frozenset[str]]:
         async with self.connection() as conn:

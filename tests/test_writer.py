@@ -217,3 +217,27 @@ async def test_sharded_streams_are_all_drained(settings: Settings, pg: asyncpg.C
         await r.aclose()
         await store.close()
     assert await pg.fetchval("SELECT count(*) FROM registrations") == 60
+
+
+async def test_status_of_a_dead_lettered_id_follows_its_replay(settings: Settings, pg: asyncpg.Connection) -> None:
+    ids = await append_people(settings, 2, seed=21)
+    writer, r, store = await make_writer(settings)
+    try:
+        await drain(writer, pg, 2)
+        stored_id, lost_id = ids[0], "0-1-0-aaaaaaaaaa"
+        await pg.execute(
+            "INSERT INTO dead_letters (stream, entry_id, registration_id, reason) VALUES ('s', '1-0', $1, 'malformed')",
+            lost_id,
+        )
+        assert await store.registration_status(lost_id) == ("held", 0)
+        await pg.execute(
+            "UPDATE dead_letters SET state = 'replayed', replayed_as = $1 WHERE registration_id = $2",
+            stored_id, lost_id,
+        )
+        assert await store.registration_status(lost_id) == ("stored", 0)
+        await pg.execute("UPDATE dead_letters SET state = 'dropped', replayed_as = NULL")
+        assert await store.registration_status(lost_id) == ("rejected", 0)
+        assert await store.registration_status("0-2-0-bbbbbbbbbb") is None
+    finally:
+        await r.aclose()
+        await store.close()

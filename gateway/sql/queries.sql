@@ -28,7 +28,8 @@ ON CONFLICT (stream, entry_id) DO NOTHING;
 SELECT status, doses_received FROM registrations WHERE registration_id = $1;
 
 -- name: dead_letter_for_registration
-SELECT reason FROM dead_letters WHERE registration_id = $1 AND state = 'held' LIMIT 1;
+SELECT state, replayed_as FROM dead_letters WHERE registration_id = $1
+ORDER BY (state = 'replayed') DESC, (state = 'held') DESC, id DESC LIMIT 1;
 
 -- name: load_sites
 SELECT site_id FROM sites WHERE active;
