@@ -19,7 +19,7 @@ bench:
 	$(DEV) bench $(ARGS)
 
 loadtest:
-	$(DEV) loadtest $(ARGS)
+	$(DEV) loadtest $(if $(SHAPE),--shape $(SHAPE)) $(ARGS)
 
 chaos:
 	$(DEV) chaos $(ARGS)
