@@ -1,0 +1,107 @@
+"""Fuzz a real gateway process from the OpenAPI document it serves (schemathesis).
+
+Every operation gets data that fits the document and data that breaks it. The checks: no
+5xx, and every answer conforms to the document (status code declared, content type,
+required headers such as Retry-After, body schema). Bounded: a fixed number of examples
+per operation and mode, so the whole test stays well under a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from gateway.datagen import Generator
+from gateway.settings import Settings
+from tests.live import start_gateway
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+EXAMPLES = {"POST /v1/registrations": 150}  # the operation that matters most
+DEFAULT_EXAMPLES = 15
+# Operations that take input; the others have nothing to break.
+TAKES_INPUT = {"POST /v1/registrations", "GET /v1/registrations/{registration_id}"}
+
+
+def _fuzz(base_url: str) -> dict[str, int]:
+    schema = schemathesis.openapi.from_url(base_url + "/openapi.json")
+    session = requests.Session()
+    calls: dict[str, int] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        label = operation.label
+        modes = [GenerationMode.POSITIVE]
+        if label in TAKES_INPUT:
+            modes.append(GenerationMode.NEGATIVE)
+        for mode in modes:
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @hypothesis_settings(
+                max_examples=EXAMPLES.get(label, DEFAULT_EXAMPLES),
+                deadline=None,
+                database=None,
+                derandomize=True,  # the same cases every run: a failure reproduces
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            def call(case: Any) -> None:
+                response = case.call_and_validate(base_url=base_url, session=session,
+                                                  checks=CHECKS, timeout=10)
+                calls[label] = calls.get(label, 0) + 1
+                key = f"status {response.status_code}"
+                calls[key] = calls.get(key, 0) + 1
+
+            call()
+    # Realistic bodies too, so 202, 200 (replay) and 409 (conflict) are checked against
+    # the document: generated data almost never names a real site or a consistent CCCD.
+    register = schema["/v1/registrations"]["POST"]
+    people = Generator(41)
+    statuses = []
+    for _ in range(5):
+        person = people.person()
+        for body in (person, person, people.conflicting(person)):
+            case = register.Case(body=body, headers={"X-Channel": "web"},
+                                 media_type="application/json")
+            statuses.append(case.call_and_validate(base_url=base_url, session=session,
+                                                   checks=CHECKS, timeout=10).status_code)
+    calls["realistic"] = len(statuses)
+    assert {202, 200, 409} <= set(statuses), statuses
+    session.close()
+    return calls
+
+
+async def test_fuzzing_from_the_served_document_finds_no_5xx_and_no_undocumented_answer(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Limits on, so that 429s can happen and are checked too.
+    gateway = await start_gateway(settings, tmp_path / "gateway.log",
+                                  GATEWAY_RATE_LIMIT_PER_IP="400")
+    try:
+        calls = await asyncio.to_thread(_fuzz, gateway.url)
+    finally:
+        assert gateway.alive()
+        gateway.stop()
+    print("fuzz calls:", calls)
+    assert set(calls) >= {"POST /v1/registrations", "GET /v1/registrations/{registration_id}",
+                          "GET /healthz", "GET /readyz", "realistic"}, calls
+    log = (tmp_path / "gateway.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
