@@ -7,10 +7,11 @@
   registration, from Redis' own ``INFO commandstats``;
 * scaling: 1 against 2 processes on one port (SO_REUSEPORT);
 * batching over HTTP: the gateway against the same gateway with coalescing turned off
-  (one ``EVALSHA`` per registration).
+  (one ``EVALSHA`` per registration), and against a variant allowing two flushes in
+  flight per shard (``variant_service.py``).
 
 The services run side by side and the runs are interleaved (bare, gateway, uncoalesced,
-then the 1-process pair), ``repeats`` times, so every ratio compares runs made within
+two-in-flight, then the 1-process pair), ``repeats`` times, so every ratio compares runs made within
 seconds of each other on the same noisy machine. Medians over the repeats are reported.
 No writer runs here: intake alone is measured, and the stream it fills feeds the writer
 benchmark (``drain.py``).
@@ -68,8 +69,10 @@ def run(session: Session) -> dict[str, Any]:
     plan: list[tuple[str, int, Group, str | None]] = [
         ("bare", n, session.start_bare(n), None),
         ("gateway", n, session.start_gateway(n, PREFIX_MAIN, db), PREFIX_MAIN),
-        ("uncoalesced", n, session.start_gateway(n, "bench:unco:", db, coalesced=False),
+        ("uncoalesced", n, session.start_gateway(n, "bench:unco:", db, variant="uncoalesced"),
          "bench:unco:"),
+        ("inflight2", n, session.start_gateway(n, "bench:infl:", db, variant="inflight2"),
+         "bench:infl:"),
     ]
     if cfg.scaling and n != 1:
         plan += [("bare", 1, session.start_bare(1), None),
@@ -84,6 +87,7 @@ def run(session: Session) -> dict[str, Any]:
     finally:
         session.stop(*(group for _, _, group, _ in plan))
         stack.forget_prefix("bench:unco:")
+        stack.forget_prefix("bench:infl:")
         stack.forget_prefix("bench:gw1:")
     return {"runs": rows, "summary": summarise(rows, n)}
 
@@ -127,7 +131,7 @@ def summarise(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
                 values.append(value)
         return round(median(values), 3) if values else None
 
-    return {
+    summary: dict[str, Any] = {
         "processes": n,
         "services": services,
         "gateway_vs_ceiling": per_repeat(("gateway", n), ("bare", n)),
@@ -138,7 +142,11 @@ def summarise(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
             ("bare", n), ("gateway", n), "server_cpu_us_per_answer"),
         "gateway_vs_ceiling_1p": per_repeat(("gateway", 1), ("bare", 1)),
         "coalesced_vs_uncoalesced": per_repeat(("gateway", n), ("uncoalesced", n)),
-        f"scaling_bare_{n}p_vs_1p": per_repeat(("bare", n), ("bare", 1)) if n != 1 else None,
-        f"scaling_gateway_{n}p_vs_1p": (
-            per_repeat(("gateway", n), ("gateway", 1)) if n != 1 else None),
+        "uncoalesced_vs_coalesced_cpu_per_answer": per_repeat(
+            ("uncoalesced", n), ("gateway", n), "server_cpu_us_per_answer"),
+        "inflight2_vs_coalesced": per_repeat(("inflight2", n), ("gateway", n)),
     }
+    if n != 1:
+        summary[f"scaling_bare_{n}p_vs_1p"] = per_repeat(("bare", n), ("bare", 1))
+        summary[f"scaling_gateway_{n}p_vs_1p"] = per_repeat(("gateway", n), ("gateway", 1))
+    return summary

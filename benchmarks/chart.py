@@ -57,6 +57,7 @@ def throughput(ax: Axes, results: dict[str, Any]) -> None:
         ("gateway 1p", _get(services, "gateway_1p", "accepted_per_s") if n != 1 else None,
          GATEWAY),
         (f"no coalescing {n}p", _get(services, f"uncoalesced_{n}p", "accepted_per_s"), OTHER),
+        (f"2 flushes in flight {n}p", _get(services, f"inflight2_{n}p", "accepted_per_s"), OTHER),
         (f"gateway+writer {n}p", _get(naive, "gateway", "accepted_per_s"), GATEWAY),
         (f"naive INSERT {n}p", _get(naive, "naive", "accepted_per_s"), NAIVE),
     ]
@@ -165,7 +166,8 @@ def round_trips(ax: Axes, results: dict[str, Any]) -> None:
     services = _get(results, "ceiling", "summary", "services") or {}
     n = _processes(results)
     keys = [("gateway_1p", "gateway 1p")] if n != 1 else []
-    keys += [(f"gateway_{n}p", f"gateway {n}p"), (f"uncoalesced_{n}p", f"no coalescing {n}p")]
+    keys += [(f"gateway_{n}p", f"gateway {n}p"), (f"inflight2_{n}p", f"2 in flight {n}p"),
+             (f"uncoalesced_{n}p", f"no coalescing {n}p")]
     items = [(label, _get(services, key, "round_trips_per_accepted")) for key, label in keys]
     items = [i for i in items if i[1] is not None]
     if not items:

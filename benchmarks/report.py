@@ -199,7 +199,8 @@ def _http_rows(results: dict[str, Any]) -> list[str]:
                    "server CPU µs/answer", "Redis round trips/registration",
                    "wrk CPU (cores)")
     names = {"bare": "bare aiohttp + uvloop", "gateway": "gateway",
-             "uncoalesced": "gateway, one EVALSHA per registration"}
+             "uncoalesced": "gateway, one EVALSHA per registration",
+             "inflight2": "gateway, two flushes in flight"}
     for key in sorted(services, key=lambda k: (list(names).index(k.rsplit("_", 1)[0]), k)):
         label, _, count = key.rpartition("_")
         s = services[key]

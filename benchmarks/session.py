@@ -99,13 +99,16 @@ class Session:
         return self._start(f"bare-{count}p", argv, count, port, self.base_env())
 
     def start_gateway(self, count: int, prefix: str, database_url: str,
-                      *, coalesced: bool = True) -> Group:
+                      *, variant: str | None = None) -> Group:
+        """The gateway, or with ``variant`` the gateway with another append strategy
+        (``benchmarks/variant_service.py``)."""
         port = free_port()
         env = self.gateway_env(prefix, database_url, port)
-        if coalesced:
+        if variant is None:
             argv, name = [sys.executable, "-m", "gateway", "serve"], f"gateway-{count}p"
         else:
-            argv, name = [sys.executable, "benchmarks/uncoalesced_service.py"], f"uncoalesced-{count}p"
+            argv = [sys.executable, "benchmarks/variant_service.py", "--variant", variant]
+            name = f"{variant}-{count}p"
         return self._start(name, argv, count, port, self._metrics_mode(env, name, count))
 
     def _metrics_mode(self, env: dict[str, str], name: str, count: int) -> dict[str, str]:
