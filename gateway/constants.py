@@ -12,7 +12,7 @@ DEDUPE_KEY = "dedupe:{{{shard}}}:{identity_key}"
 REFERENCE_SNAPSHOT_KEY = "reference:snapshot"
 WRITER_HEARTBEAT_KEY = "writers:alive"
 DRAIN_STATS_KEY = "writers:drained"
-RATE_KEY = "rate:{scope}:{subject}"
+RATE_KEY = "rate:{{limits}}:{scope}:{subject}"  # one hash tag: one script call per batch
 # One sample of the queue a second, kept for the live operations page and `gateway
 # status`. Not an intake stream: trimming it by MAXLEN loses nothing that matters.
 OPS_HISTORY_KEY = "ops:history"
@@ -37,6 +37,10 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 RATE_WINDOW_CLIENT_S = 60
 RATE_WINDOW_PHONE_S = 60 * 60
 RATE_RETRY_JITTER_S = 5
+# Subjects this process knows to be over their limit until their window ends; past this
+# many, new ones are simply checked in Redis each time.
+RATE_DENIED_CACHE_MAX = 100_000
+RATE_CLIENT_CACHE_MAX = 10_000  # client address -> counter key, to hash each address once
 DEFAULT_MIN_AGE_YEARS = 18
 MAX_AGE_YEARS = 120
 PREFERRED_DATE_HORIZON_DAYS = 180

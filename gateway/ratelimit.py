@@ -6,9 +6,14 @@ keyed by an HMAC of the subject, so no address or phone appears in a key name. O
 
 The gateway's throughput comes from answering many requests with one Redis round trip
 (see :mod:`gateway.append`); the limiter keeps that property. Checks are queued and one
-flush per loop iteration sends them all as a single pipeline: requests of the batch that
-share a subject are added up locally and cost one counter update. While a flush is in
-flight the next batch gathers, as the appender's does.
+flush per loop iteration sends them all in one script call (``lua/rate_window.lua``):
+requests of the batch that share a subject are added up locally first. While a flush is
+in flight the next batch gathers, as the appender's does. The counters share one hash
+tag so that the single call also works on Redis Cluster (they are small and cheap; one
+slot holds them well past any national peak).
+
+A subject at its limit is remembered in the process until its window ends: later
+requests from it are refused before their body is read, with no round trip at all.
 
 What counts: every ``POST /v1/registrations`` counts against its client address, whatever
 its outcome; a request that passes validation also counts against its phone (E.164, so
@@ -30,6 +35,7 @@ import ipaddress
 import logging
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -111,6 +117,8 @@ def client_address(
 
 def counted_subject(address: str) -> str:
     """IPv6 addresses count per /64; IPv4 per address; anything else as it is."""
+    if ":" not in address:  # IPv4 as aiohttp spells it: the common case, no parsing
+        return address
     parsed = _parse_address(address)
     if isinstance(parsed, ipaddress.IPv6Address):
         if parsed.ipv4_mapped is not None:
@@ -119,9 +127,17 @@ def counted_subject(address: str) -> str:
     return str(parsed) if parsed is not None else address
 
 
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One counter a request counts against: its scope and its Redis key."""
+
+    scope: str  # CLIENT or PHONE
+    key: str
+
+
 @dataclass(slots=True)
 class _Check:
-    subjects: tuple[tuple[str, str], ...]  # (scope, counter key)
+    subjects: tuple[Subject, ...]
     future: asyncio.Future[None]
 
 
@@ -139,28 +155,65 @@ class RateLimiter:
         self._sha = redis.register_script(self._script).sha
         self._queue: list[_Check] = []
         self._busy = False
+        # Counter key -> (scope, monotonic time its window ends), for subjects already at
+        # their limit. Counts only grow inside a window, so until it ends every further
+        # request is refused here: no body read, no validation, no round trip. A flood
+        # from one address costs almost nothing.
+        self._denied: dict[str, tuple[str, float]] = {}
+        self._clients: dict[str, Subject] = {}
         self.round_trips = 0
 
     @property
     def enabled(self) -> bool:
         return any(limit > 0 for limit, _ in self._limits.values())
 
-    def client_of(self, remote: str | None, forwarded_for: str | None) -> str:
-        return client_address(remote, forwarded_for, self.trusted_proxies)
+    def client_subject(self, remote: str | None, forwarded_for: str | None) -> Subject | None:
+        """The counter of the request's client address, or None when that limit is off."""
+        if self._limits[CLIENT][0] <= 0:
+            return None
+        address = counted_subject(client_address(remote, forwarded_for, self.trusted_proxies))
+        subject = self._clients.get(address)
+        if subject is None:
+            # Many requests share an address (carrier NAT, offices): hash each one once.
+            if len(self._clients) >= c.RATE_CLIENT_CACHE_MAX:
+                self._clients.clear()
+            subject = self._subject(CLIENT, self._hasher.client_hash(address))
+            self._clients[address] = subject
+        return subject
 
-    async def check(self, client: str | None, phone_e164: str | None) -> None:
-        """Count one request; raise :class:`RateLimited` when it is over a limit."""
-        subjects: list[tuple[str, str]] = []
-        if client is not None and self._limits[CLIENT][0] > 0:
-            subject = self._hasher.client_hash(counted_subject(client))
-            subjects.append((CLIENT, self._settings.key(c.RATE_KEY, scope=CLIENT, subject=subject)))
-        if phone_e164 is not None and self._limits[PHONE][0] > 0:
-            subject = self._hasher.phone_hash(phone_e164)
-            subjects.append((PHONE, self._settings.key(c.RATE_KEY, scope=PHONE, subject=subject)))
-        if not subjects:
+    def phone_subject(self, phone_e164: str) -> Subject | None:
+        if self._limits[PHONE][0] <= 0:
+            return None
+        return self._subject(PHONE, self._hasher.phone_hash(phone_e164))
+
+    def _subject(self, scope: str, subject_hash: str) -> Subject:
+        return Subject(scope, self._settings.key(c.RATE_KEY, scope=scope, subject=subject_hash))
+
+    def refuse_known(self, *subjects: Subject | None) -> None:
+        """Raise :class:`RateLimited` when this process already knows one of the subjects
+        is over its limit for the rest of its window."""
+        if not self._denied:
             return
+        now = time.monotonic()
+        for subject in subjects:
+            if subject is None:
+                continue
+            known = self._denied.get(subject.key)
+            if known is None:
+                continue
+            if known[1] > now:
+                raise RateLimited(known[0], self._retry_after((known[1] - now) * 1000))
+            del self._denied[subject.key]
+
+    async def check(self, *subjects: Subject | None) -> None:
+        """Count one request against each subject; raise :class:`RateLimited` when it is
+        over a limit. Checks from the same loop iteration share one Redis round trip."""
+        wanted = tuple(s for s in subjects if s is not None)
+        if not wanted:
+            return
+        self.refuse_known(*wanted)
         loop = asyncio.get_running_loop()
-        check = _Check(tuple(subjects), loop.create_future())
+        check = _Check(wanted, loop.create_future())
         self._queue.append(check)
         if not self._busy:
             self._busy = True
@@ -186,14 +239,14 @@ class RateLimiter:
 
     async def _flush(self, batch: list[_Check]) -> None:
         added: dict[str, int] = {}
-        window_ms: dict[str, int] = {}
+        scope_of: dict[str, str] = {}
         for check in batch:
-            for scope, key in check.subjects:
-                added[key] = added.get(key, 0) + 1
-                window_ms[key] = self._limits[scope][1]
+            for subject in check.subjects:
+                added[subject.key] = added.get(subject.key, 0) + 1
+                scope_of[subject.key] = subject.scope
         try:
             counts = await asyncio.wait_for(
-                self._count(added, window_ms), timeout=self._settings.append_timeout_s
+                self._count(added, scope_of), timeout=self._settings.append_timeout_s
             )
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
             error = _translate(exc)
@@ -201,16 +254,17 @@ class RateLimiter:
                 if not check.future.done():
                     check.future.set_exception(error)
             return
+        self._remember_denied(counts, scope_of)
         # Positions inside the window, in arrival order: the first ``limit`` pass.
         position = {key: total - added[key] for key, (total, _) in counts.items()}
         for check in batch:
             refused: tuple[str, int] | None = None
-            for scope, key in check.subjects:
-                position[key] += 1
-                if position[key] > self._limits[scope][0]:
-                    ends_in_ms = counts[key][1]
+            for subject in check.subjects:
+                position[subject.key] += 1
+                if position[subject.key] > self._limits[subject.scope][0]:
+                    ends_in_ms = counts[subject.key][1]
                     if refused is None or ends_in_ms > refused[1]:
-                        refused = (scope, ends_in_ms)
+                        refused = (subject.scope, ends_in_ms)
             if check.future.done():
                 continue
             if refused is None:
@@ -218,28 +272,33 @@ class RateLimiter:
             else:
                 check.future.set_exception(RateLimited(refused[0], self._retry_after(refused[1])))
 
-    async def _count(self, added: dict[str, int], window_ms: dict[str, int]) -> dict[str, tuple[int, int]]:
-        for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
-            for key, n in added.items():
-                pipe.evalsha(self._sha, 1, key, n, window_ms[key])
-            try:
-                replies: list[Any] = await pipe.execute()
-            except Exception as exc:
-                if attempt == 1 and isinstance(exc, NoScriptError):
-                    # Redis restarted or flushed its script cache since we started.
-                    self._sha = await self._redis.script_load(self._script)
-                    continue
-                raise
-            finally:
-                await pipe.reset()
-            self.round_trips += 1
-            return {
-                key: (int(count), int(ttl)) for key, (count, ttl) in zip(added, replies, strict=True)
-            }
-        raise AssertionError("unreachable")
+    async def _count(self, added: dict[str, int], scope_of: dict[str, str]) -> dict[str, tuple[int, int]]:
+        keys = list(added)
+        argv: list[int] = []
+        for key in keys:
+            argv += (added[key], self._limits[scope_of[key]][1])
+        try:
+            reply: list[Any] = await self._redis.evalsha(self._sha, len(keys), *keys, *argv)
+        except NoScriptError:
+            # Redis restarted or flushed its script cache since we started.
+            self._sha = await self._redis.script_load(self._script)
+            reply = await self._redis.evalsha(self._sha, len(keys), *keys, *argv)
+        self.round_trips += 1
+        return {key: (int(reply[2 * i]), int(reply[2 * i + 1])) for i, key in enumerate(keys)}
 
-    def _retry_after(self, ends_in_ms: int) -> int:
+    def _remember_denied(self, counts: dict[str, tuple[int, int]], scope_of: dict[str, str]) -> None:
+        now = time.monotonic()
+        for key, (total, ends_in_ms) in counts.items():
+            scope = scope_of[key]
+            if total < self._limits[scope][0]:
+                continue
+            if len(self._denied) >= c.RATE_DENIED_CACHE_MAX:
+                self._denied = {k: v for k, v in self._denied.items() if v[1] > now}
+                if len(self._denied) >= c.RATE_DENIED_CACHE_MAX:
+                    return
+            self._denied[key] = (scope, now + ends_in_ms / 1000)
+
+    def _retry_after(self, ends_in_ms: float) -> int:
         seconds = max(1, math.ceil(ends_in_ms / 1000))
         return seconds + random.randint(0, c.RATE_RETRY_JITTER_S)
 

@@ -34,26 +34,25 @@ async def register(request: web.Request) -> web.Response:
     if not rt.reference.loaded:
         raise DependencyUnavailable("postgres", "reference data not loaded")
     limiter = rt.limiter if rt.limiter is not None and rt.limiter.enabled else None
-    client = (
-        limiter.client_of(request.remote, request.headers.get("X-Forwarded-For"))
-        if limiter is not None
-        else None
-    )
+    client = None
+    if limiter is not None:
+        client = limiter.client_subject(request.remote, request.headers.get("X-Forwarded-For"))
+        limiter.refuse_known(client)  # known to be over its limit: not even the body is read
     try:
         parsed = await _read_registration(request, rt)
     except (ValidationFailed, web.HTTPException):
         # Refused input counts against the client address too: a flood of bad bodies
         # is still a flood. Over the limit, the answer becomes 429.
         if limiter is not None:
-            await limiter.check(client, None)
+            await limiter.check(client)
         raise
     if isinstance(parsed, web.Response):
         if limiter is not None:
-            await limiter.check(client, None)
+            await limiter.check(client)
         return parsed
     registration, idempotency_key = parsed
     if limiter is not None:
-        await limiter.check(client, registration.phone)
+        await limiter.check(client, limiter.phone_subject(registration.phone))
     received_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     result = await rt.appender.append(
         registration, idempotency_key=idempotency_key, received_at=received_at

@@ -141,7 +141,7 @@ async def test_no_identity_number_or_phone_in_logs_metrics_or_key_names(
         gateway.stop()
         writer.stop()
     logs = {name: (tmp_path / name).read_text(encoding="utf-8") for name in ("gateway.log", "writer.log")}
-    assert any(k.startswith(settings.key_prefix + "rate:phone:") for k in keys)
+    assert any(k.startswith(settings.key_prefix + "rate:{limits}:phone:") for k in keys)
     assert any(k.startswith(settings.key_prefix + "dedupe:") for k in keys)
 
     needles = needles_of(submissions)

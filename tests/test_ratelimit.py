@@ -165,8 +165,9 @@ async def test_concurrent_checks_share_one_round_trip(redis: aioredis.Redis, set
         redis, settings.with_changes(rate_limit_per_ip=20, rate_limit_per_phone=100),
         Hasher.from_secret(settings.identity_secret),
     )
+    client = limiter.client_subject("198.51.100.1", None)
     results = await asyncio.gather(
-        *(limiter.check("198.51.100.1", f"+8491234{i % 5:04d}") for i in range(50)),
+        *(limiter.check(client, limiter.phone_subject(f"+8491234{i % 5:04d}")) for i in range(50)),
         return_exceptions=True,
     )
     assert limiter.round_trips == 1
@@ -177,14 +178,47 @@ async def test_concurrent_checks_share_one_round_trip(redis: aioredis.Redis, set
     assert len(counters) == 6  # one client, five phones: a batch adds up locally
 
 
-@pytest.mark.parametrize("limited", [{"rate_limit_per_ip": 1}], indirect=True)
+async def test_a_subject_known_over_its_limit_is_refused_without_a_round_trip(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    limiter = RateLimiter(redis, settings.with_changes(rate_limit_per_ip=3),
+                          Hasher.from_secret(settings.identity_secret))
+    client = limiter.client_subject("198.51.100.1", None)
+    for _ in range(3):
+        await limiter.check(client)
+    trips = limiter.round_trips
+    for _ in range(100):
+        with pytest.raises(RateLimited) as refused:
+            await limiter.check(client)
+        assert 1 <= refused.value.retry_after_s <= c.RATE_WINDOW_CLIENT_S + c.RATE_RETRY_JITTER_S
+    assert limiter.round_trips == trips
+    await limiter.check(limiter.client_subject("198.51.100.2", None))  # others still pass
+
+
+@pytest.mark.parametrize("limited", [{"rate_limit_per_ip": 2}], indirect=True)
+async def test_a_flooding_client_gets_429_before_its_body_is_even_read(
+    limited: TestClient[Any, Any]
+) -> None:
+    from gateway.app import RUNTIME
+
+    limiter = limited.server.app[RUNTIME].limiter
+    assert (await post(limited, valid_body(800)))[0] == 202
+    assert (await post(limited, valid_body(801)))[0] == 202
+    trips = limiter.round_trips
+    for _ in range(20):
+        assert (await post(limited, b"{broken"))[0] == 429  # not 400: never parsed
+    assert limiter.round_trips == trips
+
+
+@pytest.mark.parametrize("limited", [{"rate_limit_per_ip": 2}], indirect=True)
 async def test_retry_after_is_the_rest_of_the_window_plus_jitter(
     limited: TestClient[Any, Any], redis: aioredis.Redis, settings: Settings
 ) -> None:
     assert (await post(limited, valid_body(600)))[0] == 202
     [key] = await rate_keys(redis, settings)
     await redis.pexpire(key, 10_000)
-    status, _, headers = await post(limited, valid_body(601))
+    assert (await post(limited, valid_body(601)))[0] == 202
+    status, _, headers = await post(limited, valid_body(602))
     assert status == 429
     assert 10 <= int(headers["Retry-After"]) <= 10 + c.RATE_RETRY_JITTER_S
 
@@ -201,7 +235,8 @@ async def test_counter_key_names_carry_no_address_or_phone(
     keys = await rate_keys(redis, settings)
     assert len(keys) == 2
     for key in keys:
-        assert re.fullmatch(re.escape(settings.key_prefix) + r"rate:(client|phone):[0-9a-f]{16}", key)
+        pattern = re.escape(settings.key_prefix + "rate:{limits}:") + r"(client|phone):[0-9a-f]{16}"
+        assert re.fullmatch(pattern, key)
         assert "127.0.0.1" not in key and "912345678" not in key
 
 
@@ -212,6 +247,6 @@ async def test_unreachable_redis_is_a_dependency_error_not_a_crash(settings: Set
     )
     try:
         with pytest.raises(DependencyUnavailable):
-            await limiter.check("198.51.100.1", None)
+            await limiter.check(limiter.client_subject("198.51.100.1", None))
     finally:
         await dead.aclose()

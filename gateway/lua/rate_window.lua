@@ -1,17 +1,23 @@
--- Fixed-window counter for one subject of the rate limiter.
+-- Fixed-window counters for one batch of rate-limit checks.
 --
--- KEYS[1]  the counter: rate:<scope>:<keyed hash of the client address or phone>
--- ARGV[1]  how many requests to add (the gateway adds up a batch's requests first)
--- ARGV[2]  window length in milliseconds
+-- KEYS[i]        a counter: rate:{limits}:<scope>:<keyed hash of a client address or phone>
+-- ARGV[2i - 1]   how many requests of the batch to add to it
+-- ARGV[2i]       its window length in milliseconds
 --
--- Returns {count after adding, milliseconds until the window ends}.
--- The window starts with the first request of a subject. A counter found without a TTL
--- (it cannot happen, but a counter that never expires would lock someone out for good)
--- gets one again.
-local count = redis.call('INCRBY', KEYS[1], ARGV[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  ttl = tonumber(ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ttl)
+-- Returns {count after adding, milliseconds until the window ends} flattened, in KEYS
+-- order. A window starts with the first request of its subject. A counter found without
+-- a TTL (it cannot happen, but one that never expired would lock someone out for good)
+-- gets one again. The keys share the {limits} hash tag, so on Redis Cluster one script
+-- call can touch them all.
+local out = {}
+for i = 1, #KEYS do
+  local count = redis.call('INCRBY', KEYS[i], ARGV[2 * i - 1])
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl < 0 then
+    ttl = tonumber(ARGV[2 * i])
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+  out[2 * i - 1] = count
+  out[2 * i] = ttl
 end
-return {count, ttl}
+return out
