@@ -22,10 +22,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import harness  # noqa: E402
-from benchmarks.bodies import write_templates  # noqa: E402
-from benchmarks.stack import Stack  # noqa: E402
-from gateway.devstack import free_port  # noqa: E402
+from benchmarks import harness
+from benchmarks.bodies import write_templates
+from benchmarks.stack import Stack
+from gateway.devstack import free_port
 
 BIG = str(10**9)
 CONFIGS: dict[str, dict[str, str]] = {

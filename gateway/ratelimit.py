@@ -36,9 +36,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import NoScriptError
 
@@ -274,15 +274,20 @@ class RateLimiter:
 
     async def _count(self, added: dict[str, int], scope_of: dict[str, str]) -> dict[str, tuple[int, int]]:
         keys = list(added)
-        argv: list[int] = []
+        argv: list[str] = []
         for key in keys:
-            argv += (added[key], self._limits[scope_of[key]][1])
+            argv += (str(added[key]), str(self._limits[scope_of[key]][1]))
+
+        async def call() -> list[Any]:
+            pending = self._redis.evalsha(self._sha, len(keys), *keys, *argv)
+            return cast(list[Any], await cast(Awaitable[Any], pending))
+
         try:
-            reply: list[Any] = await self._redis.evalsha(self._sha, len(keys), *keys, *argv)
+            reply = await call()
         except NoScriptError:
             # Redis restarted or flushed its script cache since we started.
             self._sha = await self._redis.script_load(self._script)
-            reply = await self._redis.evalsha(self._sha, len(keys), *keys, *argv)
+            reply = await call()
         self.round_trips += 1
         return {key: (int(reply[2 * i]), int(reply[2 * i + 1])) for i, key in enumerate(keys)}
 

@@ -135,6 +135,12 @@ class Settings:
                 )
         if self.append_max_batch < 1 or self.writer_batch < 1:
             raise ConfigurationError("batch sizes must be at least 1")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise ConfigurationError(
+                "GATEWAY_HEADER_TIMEOUT_S and GATEWAY_BODY_TIMEOUT_S must be above 0"
+            )
+        if self.rate_limit_per_ip < 0 or self.rate_limit_per_phone < 0:
+            raise ConfigurationError("rate limits must be 0 (off) or positive")
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:

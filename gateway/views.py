@@ -81,6 +81,7 @@ async def _read_registration(
 ) -> tuple[Registration, str | None] | web.Response:
     """The validated registration and its Idempotency-Key, or the response refusing it.
     Raises ValidationFailed or an HTTP error (413) for the middleware to render."""
+    assert rt.reference is not None
     if request.content_type != "application/json":
         return error_response(
             415, "unsupported_media_type", "Send the registration as application/json."

@@ -42,35 +42,38 @@ DEFAULT_EXAMPLES = 15
 TAKES_INPUT = {"POST /v1/registrations", "GET /v1/registrations/{registration_id}"}
 
 
+def _fuzz_operation(operation: Any, mode: GenerationMode, base_url: str,
+                    session: requests.Session, calls: dict[str, int]) -> None:
+    label = operation.label
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @hypothesis_settings(
+        max_examples=EXAMPLES.get(label, DEFAULT_EXAMPLES),
+        deadline=None,
+        database=None,
+        derandomize=True,  # the same cases every run: a failure reproduces
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def call(case: Any) -> None:
+        response = case.call_and_validate(base_url=base_url, session=session, checks=CHECKS,
+                                          timeout=10)
+        calls[label] = calls.get(label, 0) + 1
+        key = f"status {response.status_code}"
+        calls[key] = calls.get(key, 0) + 1
+
+    call()
+
+
 def _fuzz(base_url: str) -> dict[str, int]:
     schema = schemathesis.openapi.from_url(base_url + "/openapi.json")
     session = requests.Session()
     calls: dict[str, int] = {}
     for result in schema.get_all_operations():
         operation = result.ok()
-        label = operation.label
-        modes = [GenerationMode.POSITIVE]
-        if label in TAKES_INPUT:
-            modes.append(GenerationMode.NEGATIVE)
-        for mode in modes:
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @hypothesis_settings(
-                max_examples=EXAMPLES.get(label, DEFAULT_EXAMPLES),
-                deadline=None,
-                database=None,
-                derandomize=True,  # the same cases every run: a failure reproduces
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            def call(case: Any) -> None:
-                response = case.call_and_validate(base_url=base_url, session=session,
-                                                  checks=CHECKS, timeout=10)
-                calls[label] = calls.get(label, 0) + 1
-                key = f"status {response.status_code}"
-                calls[key] = calls.get(key, 0) + 1
-
-            call()
+        _fuzz_operation(operation, GenerationMode.POSITIVE, base_url, session, calls)
+        if operation.label in TAKES_INPUT:
+            _fuzz_operation(operation, GenerationMode.NEGATIVE, base_url, session, calls)
     # Realistic bodies too, so 202, 200 (replay) and 409 (conflict) are checked against
     # the document: generated data almost never names a real site or a consistent CCCD.
     register = schema["/v1/registrations"]["POST"]

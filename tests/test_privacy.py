@@ -13,6 +13,7 @@ import asyncio
 import re
 from collections import Counter
 from pathlib import Path
+
 import aiohttp
 import asyncpg
 import orjson
