@@ -108,3 +108,33 @@ async def test_fuzzing_from_the_served_document_finds_no_5xx_and_no_undocumented
                           "GET /healthz", "GET /readyz", "realistic"}, calls
     log = (tmp_path / "gateway.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+async def test_public_endpoints_need_no_token_while_operator_endpoints_do(settings: Settings) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.app import create_app
+    from gateway.auth import new_token, token_digest
+
+    token = new_token()
+    app = create_app(settings.with_changes(operator_token_sha256=token_digest(token)))
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        body = Generator(42).person()
+        async with client.post("/v1/registrations", json=body, headers={"X-Channel": "app"}) as resp:
+            assert resp.status == 202
+            registration_id = (await resp.json())["registration_id"]
+        for path in (f"/v1/registrations/{registration_id}", "/openapi.json", "/healthz", "/readyz"):
+            async with client.get(path) as resp:
+                assert resp.status == 200, path
+        async with client.get("/ops/api/state") as resp:
+            assert resp.status == 401
+        async with client.get("/ops/api/state", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+        async with client.get("/openapi.json") as resp:
+            document = await resp.json()
+        operations = [op for path in document["paths"].values() for op in path.values()]
+        assert all(op["security"] == [] for op in operations)  # documented as public
+    finally:
+        await client.close()
