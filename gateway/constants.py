@@ -30,7 +30,11 @@ DEFAULT_SHARDS = 1
 DEFAULT_DEDUPE_TTL_S = 60 * 60 * 24 * 30  # the Postgres unique constraint covers later
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
 # Slow clients: a 16 KiB body needs ~7 s on a 20 kbit/s 2G link; give it room, not forever.
-DEFAULT_HEADER_TIMEOUT_S = 30.0
+# In aiohttp the header timeout is also the idle keep-alive time, and a backend must keep
+# idle connections open longer than the reverse proxy in front of it (nginx: 60 s), or a
+# POST sent on a connection the gateway is closing fails with a 502. Hence aiohttp's own
+# 75 s; exposed without a proxy, a lower value cuts slow-header clients off sooner.
+DEFAULT_HEADER_TIMEOUT_S = 75.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
 # Rate-limit windows; Retry-After adds 0..jitter seconds so limited clients do not return
 # in one wave when the window ends.
