@@ -73,8 +73,9 @@ def sweep(ax: Axes, results: dict[str, Any]) -> None:
     if not rows:
         return _empty(ax, "Throughput vs p99")
     for service, color in (("naive", NAIVE), ("gateway", GATEWAY)):
-        points = sorted((r["p99_ms"], r["accepted_per_s"], r["connections"])
-                        for r in rows if r["service"] == service and r["p99_ms"] is not None)
+        points = sorted(((r["p99_ms"], r["accepted_per_s"], r["connections"])
+                         for r in rows if r["service"] == service and r["p99_ms"] is not None),
+                        key=lambda p: p[2])  # along rising concurrency
         if not points:
             continue
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=color,
