@@ -7,13 +7,13 @@ cannot be reversed by enumerating the (small) space of identity numbers.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
 import secrets
 from dataclasses import dataclass
 
-_TOKEN_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 TOKEN_LENGTH = 10  # 50 random bits: ids are not guessable from their neighbours
 
 # "<shard>-<stream entry ms>-<seq>-<token>", e.g. "0-1733241234567-0-k3j5h2g9d8"
@@ -29,7 +29,8 @@ class Hasher:
         return cls(secret.encode())
 
     def _mac(self, domain: bytes, value: bytes) -> str:
-        return hmac.new(self.secret, domain + b"\x00" + value, hashlib.sha256).hexdigest()
+        # hmac.digest is the one-shot C path: about 3x cheaper than hmac.new(...).hexdigest()
+        return hmac.digest(self.secret, domain + b"\x00" + value, "sha256").hex()
 
     def identity_key(self, id_type: str, id_number: str) -> str:
         """Stable key of one identity document (already normalised)."""
@@ -53,7 +54,9 @@ def shard_of(identity_key: str, shards: int) -> int:
 
 
 def new_token() -> str:
-    return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
+    # One call into the OS random source, not ten secrets.choice calls (it showed in
+    # profiles of the hot path). Base32 letters and digits, lower case.
+    return base64.b32encode(secrets.token_bytes(7)).decode("ascii")[:TOKEN_LENGTH].lower()
 
 
 def registration_id(shard: int, entry_id: str, token: str) -> str:
