@@ -100,8 +100,11 @@ async def _read_registration(
     try:
         # aiohttp bounds the wait for the request head (keep-alive timer) but not for the
         # body: without this a client sending a byte a second holds its slot for hours.
-        async with asyncio.timeout(rt.settings.body_timeout_s):
+        if request.content.is_eof():  # the whole body came with the headers: no wait
             raw = await request.read()
+        else:
+            async with asyncio.timeout(rt.settings.body_timeout_s):
+                raw = await request.read()
     except TimeoutError:
         response = error_response(
             408, "request_timeout", "The request body did not arrive in time."
